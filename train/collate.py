@@ -1,0 +1,136 @@
+"""Rendered posts → model inputs, for training (right padding, labels) and generation (left padding).
+
+Each post is run through the processor on its own (prompt text + at most one image), and the target
+is tokenized separately and appended. That keeps the prompt/target boundary exact whatever the
+tokenizer would merge across it, so labels cover precisely the target tokens plus the end-of-turn
+token, and every prompt token, image token and pad is -100. Images are padded per batch the way the
+Idefics3 processor pads them (all-zero tiles, which the model skips), so text-only and image posts
+mix freely in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mmkp_edge import prompt
+from mmkp_edge.posts import Post
+
+from .student import ImageStats, Rendered, render
+
+IGNORE = -100   # label value the loss ignores
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]                 # prompt + prime ids, then target ids (+ eos) when training
+    n_prompt: int                        # how many leading ids are prompt + prime (never trained)
+    pixel_values: torch.Tensor | None    # (n_tiles, 3, H, W) or None for a text-only post
+    pixel_mask: torch.Tensor | None      # (n_tiles, H, W)
+
+
+def _leading_tag(text: str) -> tuple[str, str]:
+    """Split a leading `<think>` / `<answer>` off a target (it is encoded on its own, see Rendered)."""
+    for tag in (prompt.THINK_OPEN, prompt.ANSWER_OPEN):
+        if text.startswith(tag):
+            return tag, text[len(tag):]
+    return "", text
+
+
+def encode(processor, item: Rendered) -> Encoded:
+    """One rendered post → ids: prompt, prime, then (training) target + eos; see `Rendered`."""
+    if item.image is not None:
+        out = processor(text=[item.prompt], images=[[item.image]], return_tensors="pt")
+        pixels, mask = out["pixel_values"][0], out["pixel_attention_mask"][0]  # (n, 3, H, W), (n, H, W)
+    else:
+        out = processor(text=[item.prompt], return_tensors="pt")
+        pixels = mask = None
+    tok = processor.tokenizer
+
+    def ids_of(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    ids = out["input_ids"][0].tolist() + ids_of(item.prime)
+    n_prompt = len(ids)
+    if item.target is not None:
+        tag, rest = _leading_tag(item.target) if not item.prime else ("", item.target)
+        ids += ids_of(tag) + ids_of(rest) + [tok.eos_token_id]
+    return Encoded(ids, n_prompt, pixels, mask)
+
+
+def _pad_images(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """Stack per-post tiles into (B, N, 3, H, W) with zero tiles for padding (and text-only posts)."""
+    real = [e for e in items if e.pixel_values is not None]
+    if not real:
+        return {}
+    n = max(e.pixel_values.shape[0] for e in real)
+    h = max(e.pixel_values.shape[-2] for e in real)
+    w = max(e.pixel_values.shape[-1] for e in real)
+    c, dtype = real[0].pixel_values.shape[1], real[0].pixel_values.dtype
+    pixels = torch.zeros(len(items), n, c, h, w, dtype=dtype)                 # (B, N, 3, H, W)
+    mask = torch.zeros(len(items), n, h, w, dtype=real[0].pixel_mask.dtype)   # (B, N, H, W)
+    for b, e in enumerate(items):
+        if e.pixel_values is not None:
+            k, _, eh, ew = e.pixel_values.shape
+            pixels[b, :k, :, :eh, :ew] = e.pixel_values
+            mask[b, :k, :eh, :ew] = e.pixel_mask
+    return {"pixel_values": pixels, "pixel_attention_mask": mask}
+
+
+def pad_batch(items: Sequence[Encoded], pad_id: int, side: str, labels: bool) -> dict[str, torch.Tensor]:
+    """Pad to the longest item on `side` ("right" for training, "left" for generation)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)           # (B, T)
+    attn = torch.zeros((len(items), width), dtype=torch.long)                 # (B, T)
+    lab = torch.full((len(items), width), IGNORE, dtype=torch.long)           # (B, T)
+    for b, e in enumerate(items):
+        n = len(e.input_ids)
+        start = width - n if side == "left" else 0
+        ids[b, start:start + n] = torch.tensor(e.input_ids)
+        attn[b, start:start + n] = 1
+        lab[b, start + e.n_prompt:start + n] = torch.tensor(e.input_ids[e.n_prompt:], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": attn, **_pad_images(items)}
+    if labels:
+        batch["labels"] = lab
+    return batch
+
+
+def train_batch(processor, posts: Sequence[Post], targets: Sequence[str],
+                stats: ImageStats | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded batch with `labels` = target ids + eos, -100 elsewhere.
+
+    `targets` are full target strings (`prompt.direct_target` / `prompt.reasoning_target`).
+    """
+    if len(posts) != len(targets):
+        raise ValueError(f"{len(posts)} posts but {len(targets)} targets")
+    items = [encode(processor, render(processor, p, "auto", t, stats)) for p, t in zip(posts, targets)]
+    return pad_batch(items, processor.tokenizer.pad_token_id, "right", labels=True)
+
+
+def prompt_batch(processor, posts: Sequence[Post], think: str = "off",
+                 stats: ImageStats | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded prompts (primed for `think`) ready for `model.generate`."""
+    items = [encode(processor, render(processor, p, think, None, stats)) for p in posts]
+    return pad_batch(items, processor.tokenizer.pad_token_id, "left", labels=False)
+
+
+def target_token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Number of supervised tokens per row (B,), e.g. to average a per-sample loss."""
+    return (batch["labels"] != IGNORE).sum(dim=1)
+
+
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each row's supervised tokens (B,), e.g. the Dynamic-CoT gate's score.
+
+    Same shift as the model's own loss (logits at t predict labels at t+1); a row without
+    supervised tokens gets 0. Token-weighted, these average to the model's batch loss.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]                     # (B, T-1, V), (B, T-1)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                            reduction="none")                   # (B, T-1)
+    counts = (labels != IGNORE).sum(dim=1)                                     # (B,)
+    return nll.sum(dim=1) / counts.clamp(min=1)

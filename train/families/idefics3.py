@@ -1,0 +1,162 @@
+"""The SmolVLM / Idefics3 family (HF model types `idefics3` and `smolvlm`).
+
+SmolVLM is a SigLIP encoder + pixel-shuffle connector + a Llama decoder at `model.model.text_model`.
+Its processor would split a photo into up to 4×4 512-px tiles plus a global tile (~1 100 image
+tokens for a phone photo); for edge speed we default to `image_splitting=False`: every image is one
+512-px global tile (64 tokens on SmolVLM-256M), a fixed shape the exported vision graph and the numpy
+preprocessing reproduce exactly. The setting is stored in the processor config of every checkpoint
+we write, and recorded by `image_settings()` for the export manifest.
+
+We always build `Idefics3Processor` with the PIL image processor: `SmolVLMProcessor` and the
+torchvision image processors need torchvision (absent beside the CPU torch build), and the PIL path
+is the one a torch-free runtime can mirror.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mmkp_edge import prompt
+from mmkp_edge.errors import InputError
+
+from . import PromptPieces, register
+
+_SENTINEL = "\x00MMKP_PROMPT\x00"   # stands for the user text while rendering the template
+_CHECK_TEXT = "  check:  {image} <x> ünï  "  # self-check text (spaces, braces, unicode)
+
+
+def _base(model: Any) -> Any:
+    """Unwrap a peft model to the transformers model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@register("idefics3", "smolvlm")
+@dataclass(frozen=True)
+class Idefics3Family:
+    image_splitting: bool = False   # False: one global tile per image (edge default); True: HF tiling
+
+    name: ClassVar[str] = "idefics3"
+    model_types: ClassVar[tuple[str, ...]] = ("idefics3", "smolvlm")
+    default_lora_targets: ClassVar[tuple[str, ...]] = (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    vision_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj",
+                                                      "fc1", "fc2")
+
+    # ------------------------------------------------------------------ loading
+
+    def load_model(self, source: str, *, dtype=None, device="cpu", attn_implementation=None):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {"dtype": dtype or torch.float32}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+        except OSError as exc:
+            raise InputError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
+        return model.to(device).eval()
+
+    def load_processor(self, source: str):
+        from transformers import AutoTokenizer, Idefics3Processor
+        from transformers.models.idefics3.image_processing_pil_idefics3 import (
+            Idefics3ImageProcessorPil)
+
+        try:
+            images = Idefics3ImageProcessorPil.from_pretrained(str(source))
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            processor = Idefics3Processor.from_pretrained(str(source), image_processor=images,
+                                                          tokenizer=tokenizer)
+        except OSError as exc:
+            raise InputError(f"{source}: cannot load the processor ({str(exc).splitlines()[0]})") from None
+        if processor.chat_template is None:
+            raise InputError(f"{source}: the processor has no chat template")
+        processor.image_processor.do_image_splitting = self.image_splitting
+        # generate() rejects token_type_ids, which some fast tokenizers emit by default
+        processor.tokenizer.model_input_names = ["input_ids", "attention_mask"]
+        if processor.tokenizer.pad_token is None:
+            processor.tokenizer.pad_token = processor.tokenizer.eos_token
+        return processor
+
+    # ------------------------------------------------------------------ structure
+
+    def language_model(self, model):
+        return _base(model).model.text_model
+
+    def vision_modules(self, model):
+        inner = _base(model).model
+        return [inner.vision_model, inner.connector]
+
+    def lora_target_regex(self, targets: tuple[str, ...], vision: bool = False) -> str:
+        """peft full-matches this against module names like `model.text_model.layers.0.self_attn.q_proj`."""
+        names = "|".join(sorted(set(targets)))
+        regex = rf".*\.text_model\..*\.({names})"
+        if vision:
+            vnames = "|".join(self.vision_lora_targets)
+            regex = rf"(?:{regex})|(?:.*\.vision_model\..*\.({vnames}))"
+        return regex
+
+    # ------------------------------------------------------------------ data contract
+
+    def image_settings(self, processor) -> dict:
+        """Preprocessing as data. Without splitting the PIL processor does, per image: resize so the
+        longest edge is `resize_longest_edge` (aspect kept), resize to `tile_size`² (aspect not
+        kept), both with `resample`; × rescale_factor; (x - mean) / std; CHW float32."""
+        ip = processor.image_processor
+        size = ip.size.longest_edge if hasattr(ip.size, "longest_edge") else ip.size["longest_edge"]
+        return {"image_splitting": bool(ip.do_image_splitting),
+                "tile_size": int(ip.max_image_size["longest_edge"]),   # square tile side (px)
+                "resize_longest_edge": int(size),                      # first resize (aspect kept)
+                "resample": int(ip.resample),                          # PIL enum (1 = LANCZOS)
+                "rescale_factor": float(ip.rescale_factor),
+                "image_mean": [float(v) for v in ip.image_mean],
+                "image_std": [float(v) for v in ip.image_std],
+                "image_seq_len": int(processor.image_seq_len),        # <image> tokens per tile
+                "image_token": processor.image_token,
+                "image_token_id": int(processor.image_token_id)}
+
+    def image_string(self, processor) -> str:
+        """The text the processor substitutes for one `<image>` with a single global tile."""
+        return processor.replace_image_token({"rows": [[0]], "cols": [[0]]}, 0)
+
+    def prompt_pieces(self, processor) -> PromptPieces:
+        def render(has_image: bool) -> str:
+            msgs = prompt.messages("x", "", has_image)
+            msgs[0]["content"][-1]["text"] = _SENTINEL
+            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            if text.count(_SENTINEL) != 1:
+                raise ValueError("chat template does not reproduce the user text exactly once")
+            return text
+
+        image_tok = processor.image_token
+        with_image, text_only = render(True), render(False)
+        if with_image.count(image_tok) != 1 or image_tok in text_only:
+            raise ValueError(f"chat template must emit {image_tok!r} once per image")
+        if "{image}" in with_image or "{prompt}" in with_image + text_only:
+            raise ValueError("chat template contains a literal '{image}' or '{prompt}'")
+        tok = processor.tokenizer
+        pieces = PromptPieces(
+            with_image=with_image.replace(image_tok, "{image}").replace(_SENTINEL, "{prompt}"),
+            text_only=text_only.replace(_SENTINEL, "{prompt}"),
+            image_string=self.image_string(processor), image_placeholder=image_tok,
+            add_special_tokens=True, image_splitting=bool(processor.image_processor.do_image_splitting),
+            eos_token=tok.eos_token, pad_token=tok.pad_token)
+        self._check_pieces(processor, pieces)
+        return pieces
+
+    def _check_pieces(self, processor, pieces: PromptPieces) -> None:
+        """Refuse pieces that do not rebuild what the processor's own template renders."""
+        for has_image in (True, False):
+            msgs = prompt.messages(_CHECK_TEXT, "", has_image)
+            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            if has_image:
+                text = text.replace(processor.image_token, pieces.image_string)
+            built = pieces.build(prompt.user_text(_CHECK_TEXT), has_image)
+            if built != text:
+                raise ValueError("prompt pieces do not reproduce the chat template (has_image="
+                                 f"{has_image}); this template cannot be exported as data")
+            plain = processor.tokenizer.backend_tokenizer.encode(
+                built, add_special_tokens=pieces.add_special_tokens).ids   # what tokenizer.json does
+            if plain != processor.tokenizer(built)["input_ids"]:
+                raise ValueError("tokenizer.json alone does not reproduce the tokenizer's ids")

@@ -1,0 +1,220 @@
+"""A tiny random-weight SmolVLM-shaped student, built in code, so tests and the demo never download.
+
+It is saved exactly like a real checkpoint (`save_pretrained`, safetensors, a processor with a chat
+template), so every stage, the merger and the exporter load it through the same code path as
+SmolVLM-256M-Instruct. Three choices make it useful rather than merely loadable:
+
+- the tokenizer is a real ByteLevel BPE trained on a small English corpus (plus the prompt contract's
+  own words), so keyphrases tokenize into a few pieces and the demo can learn them;
+- the chat template is SmolVLM's (`<|im_start|>User:<image>…<end_of_utterance>\\nAssistant:`), and the
+  image prompt is Idefics3's (`<fake_token_around_image><global-img><image>×N<fake_token_around_image>`);
+- weights are drawn from N(0, std) with std ≈ 0.15 (not the usual 0.02): with small weights greedy
+  decoding collapses to one repeated token and every parity test would pass trivially.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from mmkp_edge import prompt
+from mmkp_edge.errors import InputError
+
+PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
+IMAGE, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
+ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+SPECIAL_TOKENS = (PAD, BOS, EOS, IMAGE, FAKE_AROUND, GLOBAL_IMG) + ROW_COL
+# The think/answer tags are single added tokens but *not* "special": decoding with
+# skip_special_tokens=True (here or in the torch-free runtime) keeps them, so the parser sees them.
+TAG_TOKENS = prompt.SPECIAL_TOKENS
+
+# SmolVLM-Instruct's chat template (user turn "User:" / "User: ", generation prompt "Assistant:").
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+_WORDS = """
+the be to of and a in that have i it for not on with he as you do at this but his by from they we say
+her she or an will my one all would there their what so up out if about who get which go me when make
+can like time no just him know take people into year your good some could them see other than then now
+look only come its over think also back after use two how our work first well way even new want because
+any these give day most us is are was were been has had did said made got very much more many such here
+photo picture image video post today tonight morning night week weekend love happy birthday family
+friends friend life live music song news sport sports game games team win football soccer basketball
+food dinner lunch breakfast coffee tea pizza cake beach sea ocean sun summer winter spring autumn fall
+rain snow storm weather sky cloud clouds city street travel trip holiday vacation world country home
+house car road art design fashion style beauty nature tree trees flower flowers garden park dog dogs
+cat cats pet pets animal animals bird birds baby kids school student students class book books movie
+film show star stars party wedding christmas halloween easter new year fun funny cute beautiful amazing
+best great nice cool hot cold big small little old young red blue green black white yellow pink color
+light dark water fire mountain lake river forest hiking running fitness health gym yoga workout
+business market money shop shopping sale tech technology phone computer science space moon earth
+election vote president government police people news politics climate change
+hashtag hashtags keyphrase keyphrases text words tweet twitter instagram social media
+model answer think because shows about under near between before during against without
+hour hours minute minutes sunset sunrise storm goal goals match player players league club cup final
+""".split()
+
+_SENTENCES = (
+    "A small cat sits on a green mat.", "Two dogs play in the park near a tree.",
+    "Happy birthday to my best friend!", "Great game tonight, what a win for the team.",
+    "Coffee and cake on a rainy morning.", "The storm hit the city last night.",
+    "Sunset at the beach with family and friends.", "New music video out today.",
+    "The image shows a red car on the street.", "The post talks about the election and the vote.",
+)
+
+
+def corpus() -> list[str]:
+    """Training text for the BPE: English words, sample posts, the prompt contract and chat roles."""
+    contract = [prompt.user_text(s, "text in the image") for s in _SENTENCES]
+    targets = [prompt.reasoning_target(s, s.lower().rstrip(".!").split()[:3]) for s in _SENTENCES]
+    words = " ".join(_WORDS)
+    caps = " ".join(w.capitalize() for w in _WORDS)
+    lines = "\n".join(_WORDS)  # bare forms: the first keyphrase follows `<answer>` with no space
+    return ([words, caps, lines, "User: Assistant: User:Assistant:"] * 20 + list(_SENTENCES) * 20
+            + contract * 20 + targets * 5)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    seed: int = 0                 # seeds every weight (the tokenizer is deterministic anyway)
+    vocab_size: int = 1536        # BPE vocabulary incl. special tokens
+    hidden_size: int = 64         # text decoder width
+    intermediate_size: int = 128  # text MLP width
+    num_layers: int = 2           # text decoder layers
+    num_heads: int = 4            # attention heads (head dim = hidden / heads)
+    num_kv_heads: int = 2         # GQA key/value heads
+    vision_hidden_size: int = 32  # SigLIP-style encoder width
+    vision_intermediate_size: int = 64  # encoder MLP width
+    vision_layers: int = 2        # encoder layers
+    vision_heads: int = 2         # encoder attention heads
+    image_size: int = 32          # square tile side in pixels
+    patch_size: int = 8           # ViT patch side: (32/8)^2 = 16 patches
+    scale_factor: int = 2         # pixel-shuffle factor: 16 / 2^2 = 4 image tokens per tile
+    std: float = 0.15             # weight init std (large on purpose, see module docstring)
+    max_positions: int = 2048     # RoPE table length
+
+    def validate(self) -> "TinyConfig":
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise InputError("tiny: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        if self.vision_hidden_size % self.vision_heads:
+            raise InputError("tiny: vision_hidden_size must divide by vision_heads")
+        grid = self.image_size // self.patch_size
+        if self.image_size % self.patch_size or grid % self.scale_factor:
+            raise InputError("tiny: image_size/patch_size must be a multiple of scale_factor")
+        if not 300 <= self.vocab_size <= 8192:
+            raise InputError("tiny: vocab_size must be between 300 and 8192")
+        if self.std <= 0:
+            raise InputError("tiny: std must be > 0")
+        return self
+
+    @property
+    def image_seq_len(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 // self.scale_factor ** 2
+
+
+# Named shapes for `init-tiny --shape`. "smolvlm-256m" has SmolVLM-256M's decoder and vision shapes
+# (576-wide 30-layer GQA 9/3 Llama, 768-wide 12-layer SigLIP, 512-px tiles, 64 tokens a tile) with
+# this small vocabulary and the usual 0.02 std: for GPU throughput and memory checks, not for text.
+SHAPES = {
+    "tiny": TinyConfig(),
+    "smolvlm-256m": TinyConfig(hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                               num_kv_heads=3, vision_hidden_size=768, vision_intermediate_size=3072,
+                               vision_layers=12, vision_heads=12, image_size=512, patch_size=16,
+                               scale_factor=4, std=0.02, max_positions=8192),
+}
+
+
+def build_tokenizer(cfg: TinyConfig):
+    """ByteLevel BPE trained on `corpus()`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size - len(TAG_TOKENS),
+                                  special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=None,
+        model_input_names=["input_ids", "attention_mask"])  # no token_type_ids: generate() rejects them
+    fast.padding_side = "left"
+    return fast
+
+
+def build_processor(cfg: TinyConfig):
+    """Idefics3Processor: PIL image processor (no torchvision needed), one global tile per image."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    side = {"longest_edge": cfg.image_size}
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size=side, max_image_size=side)
+    return Idefics3Processor(image_processor=images, tokenizer=build_tokenizer(cfg),
+                             image_seq_len=cfg.image_seq_len, chat_template=CHAT_TEMPLATE)
+
+
+def build_model(cfg: TinyConfig, tokenizer):
+    """Random Idefics3ForConditionalGeneration whose ≥2-D weights are N(0, cfg.std)."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig
+
+    torch.manual_seed(cfg.seed)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                       intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                       max_position_embeddings=cfg.max_positions, tie_word_embeddings=False, **ids)
+    vision = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_intermediate_size,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                  image_size=cfg.image_size, patch_size=cfg.patch_size)
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=cfg.scale_factor,
+                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                            tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    model = Idefics3ForConditionalGeneration(config)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * cfg.std)
+    model.generation_config.update(**ids)
+    return model.eval()
+
+
+def init_tiny(out: str | os.PathLike, cfg: TinyConfig = TinyConfig()) -> Path:
+    """Build the tiny student and save model + processor under `out`; returns the path."""
+    cfg.validate()
+    out = Path(out)
+    processor = build_processor(cfg)
+    model = build_model(cfg, processor.tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@click.command("init-tiny")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True, help="Weight seed.")
+@click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True,
+              help="tiny: 0.3 M parameters for tests and the demo; smolvlm-256m: real layer shapes "
+                   "(random, small vocab) for GPU throughput checks.")
+def init_tiny_command(out: str, seed: int, shape: str) -> None:
+    """Write a random-weight SmolVLM/Idefics3 student (model + processor) to OUT.
+
+    \b
+    Example:
+      mmkp-train init-tiny runs/tiny-student --seed 0
+      mmkp-train init-tiny runs/smolvlm-256m-random --shape smolvlm-256m
+    """
+    click.echo(str(init_tiny(out, dataclasses.replace(SHAPES[shape], seed=seed))))
