@@ -1,0 +1,208 @@
+"""KeyphrasePredictor: the public runtime API — posts in, keyphrases out, torch-free.
+
+    predictor = KeyphrasePredictor.from_bundle("bundle/", threads=4)
+    [p.keyphrases for p in predictor.predict([Query("storm tonight", "storm.jpg")], think="off")]
+
+Each input yields exactly one `Prediction`, in input order. A bad item (unreadable or missing image,
+a prompt longer than the model's context, a line that was not valid JSON) yields a Prediction with
+`error` set and never fails the batch. Valid items are prepared one by one (image opened through
+mmkp_edge.images, preprocessed, prompt encoded), then generated together in batches of
+`batch_size`; think mode `off` also masks `<think>`/`</think>` so no reasoning tokens can appear.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import prompt
+from .bundle import Bundle
+from .errors import InputError
+from .generate import Generator, Request
+from .images import open_image
+from .parser import parse
+from .posts import Post
+from .query import BadInput, Query, clean_text
+
+BAD_IMAGE_POLICIES = ("error", "text-only")
+Item = Query | Post | BadInput | str
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    think: str = "auto"            # off | on | auto (mmkp_edge.prompt.THINK_MODES)
+    batch_size: int = 8            # posts generated together
+    max_new_tokens: int = 96       # per post (also capped by the model's context)
+    bad_image: str = "error"       # unreadable image: "error" the item, or answer it "text-only"
+
+    def validate(self) -> "PredictConfig":
+        if self.think not in prompt.THINK_MODES:
+            raise InputError(f"think must be one of {', '.join(prompt.THINK_MODES)}; got {self.think!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise InputError("batch_size and max_new_tokens must be at least 1")
+        if self.bad_image not in BAD_IMAGE_POLICIES:
+            raise InputError(f"bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
+        return self
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str | None                      # the input's id, if it had one
+    keyphrases: list[str] = field(default_factory=list)   # parsed, most important first
+    rationale: str | None = None        # the <think> span, None if the model did not think
+    thought: bool = False               # the output opened a <think> span
+    text: str = ""                      # prime + generated text (special tokens dropped, tags kept)
+    token_ids: tuple[int, ...] = ()     # generated ids, the stop id included
+    finish: str | None = None           # "stop" (</answer> or eos) | "length"
+    timings: dict = field(default_factory=dict)   # seconds: preprocess (this item); vision, prefill,
+                                                  # decode (its batch); batch_size
+    error: str | None = None            # why there is no answer (one line)
+    warning: str | None = None          # answered, but something was off (e.g. image ignored)
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "keyphrases": self.keyphrases, "rationale": self.rationale,
+                "thought": self.thought, "text": self.text, "generated_tokens": self.generated_tokens,
+                "finish": self.finish, "timings": {k: round(v, 6) for k, v in self.timings.items()},
+                "error": self.error, "warning": self.warning}
+
+
+@dataclass
+class _Prepared:
+    id: str | None
+    request: Request
+    budget: int
+    preprocess_s: float
+    warning: str | None
+
+
+def _as_query(item: Item) -> Query | BadInput:
+    if isinstance(item, (Query, BadInput)):
+        return item
+    if isinstance(item, Post):
+        return Query(text=item.text, image=item.image, ocr=item.ocr, id=item.id)
+    if isinstance(item, str):
+        return Query(text=item)
+    return BadInput("?", f"cannot predict for a {type(item).__name__}; pass a Query, Post or str")
+
+
+class KeyphrasePredictor:
+    """Loaded bundle + batched greedy generation; see the module docstring."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        st = self.manifest.special_tokens
+        self.stop_ids = (*st.eos, st.answer_close)
+        self.tags = {st.think_open: prompt.THINK_OPEN, st.think_close: prompt.THINK_CLOSE,
+                     st.answer_open: prompt.ANSWER_OPEN, st.answer_close: prompt.ANSWER_CLOSE}
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike | None = None, *, threads: int | None = None,
+                    providers: str | Sequence[str] | None = None, verify: bool = True
+                    ) -> "KeyphrasePredictor":
+        """Load a bundle folder (default $MMKP_BUNDLE) on the given providers ('cpu', 'cuda')."""
+        return cls(Bundle.load(path, threads=threads, providers=providers, verify=verify))
+
+    # ------------------------------------------------------------ one item
+
+    def _prepare(self, query: Query, cfg: PredictConfig) -> _Prepared | Prediction:
+        t0 = time.perf_counter()
+        warning = None
+        image, pixels, grid = query.image, None, None
+        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+            return Prediction(query.id, error=f"image not found: {image}")
+        if image is not None:
+            loaded = open_image(image)
+            if loaded.image is None:
+                if cfg.bad_image == "error":
+                    return Prediction(query.id, error=loaded.problem or "unreadable image")
+                warning = f"{loaded.problem}; answered from the text only"
+            else:
+                prepared = self.bundle.preprocessor(loaded.image)
+                pixels, grid = prepared.pixel_values, (prepared.rows, prepared.cols)
+        ids = self.bundle.encoder.encode(clean_text(query.text), clean_text(query.ocr), grid, cfg.think)
+        expected = 0 if pixels is None else len(pixels) * self.manifest.image.tokens_per_image
+        if int((ids == self.manifest.special_tokens.image).sum()) != expected:
+            return Prediction(query.id, error=f"the post text contains the image placeholder "
+                                              f"{self.manifest.image.image_token!r}; remove it")
+        room = self.manifest.model.max_context - len(ids)
+        if room < 1:
+            return Prediction(query.id, error=f"prompt is {len(ids)} tokens; this model takes at most "
+                                              f"{self.manifest.model.max_context - 1} (shorten the text)")
+        return _Prepared(query.id, Request(ids, pixels), min(cfg.max_new_tokens, room),
+                         time.perf_counter() - t0, warning)
+
+    def _finish(self, item: _Prepared, tokens: list[int], finish: str, times: dict,
+                think: str) -> Prediction:
+        text = prompt.prime(think) + self.bundle.encoder.decode(tokens, self.tags)
+        parsed = parse(text)
+        return Prediction(item.id, keyphrases=parsed.keyphrases, rationale=parsed.rationale,
+                          thought=parsed.thought, text=text, token_ids=tuple(tokens), finish=finish,
+                          timings={"preprocess_s": item.preprocess_s, **times}, warning=item.warning)
+
+    # ------------------------------------------------------------ batches
+
+    def request(self, item: Item, think: str = "auto") -> Request:
+        """The generation request for one post (benchmarks and parity checks drive
+        `generator()` / `Generator.step()` with these); a bad item raises InputError."""
+        prepared = self._prepare(_as_query(item), PredictConfig(think=think).validate())
+        if isinstance(prepared, Prediction):
+            raise InputError(prepared.error)
+        return prepared.request
+
+    def generator(self, requests: Sequence[Request], think: str = "auto",
+                  max_new_tokens: int | Sequence[int] = 96, **options) -> Generator:
+        """A Generator wired with this bundle's token ids and the think mode's suppression."""
+        st = self.manifest.special_tokens
+        return Generator(self.bundle.graphs, requests, image_token_id=st.image, pad_id=st.pad,
+                         stop_ids=self.stop_ids, max_new_tokens=max_new_tokens,
+                         suppress_ids=(st.think_open, st.think_close) if think == "off" else (),
+                         **options)
+
+    def _generate(self, batch: list[_Prepared], cfg: PredictConfig) -> list[Prediction]:
+        gen = self.generator([p.request for p in batch], cfg.think, [p.budget for p in batch])
+        outputs = gen.run()
+        times = {"vision_s": gen.times.vision_s, "prefill_s": gen.times.prefill_s,
+                 "decode_s": gen.times.decode_s, "batch_size": float(len(batch))}
+        return [self._finish(p, o.tokens, o.finish, times, cfg.think) for p, o in zip(batch, outputs)]
+
+    def stream(self, items: Iterable[Item], **options) -> Iterator[Prediction]:
+        """Predictions in input order, yielded batch by batch (for long inputs / JSONL)."""
+        cfg = PredictConfig(**options).validate()
+        pending: list[Prediction | _Prepared] = []
+
+        def flush() -> Iterator[Prediction]:
+            ready = [p for p in pending if isinstance(p, _Prepared)]
+            done = iter(self._generate(ready, cfg) if ready else [])
+            for p in pending:
+                yield next(done) if isinstance(p, _Prepared) else p
+            pending.clear()
+
+        for item in items:
+            query = _as_query(item)
+            if isinstance(query, BadInput):
+                pending.append(Prediction(query.id, error=query.error))
+            else:
+                pending.append(self._prepare(query, cfg))
+            if sum(isinstance(p, _Prepared) for p in pending) >= cfg.batch_size:
+                yield from flush()
+        yield from flush()
+
+    def predict(self, items: Iterable[Item], *, think: str = "auto", batch_size: int = 8,
+                max_new_tokens: int = 96, bad_image: str = "error") -> list[Prediction]:
+        """One Prediction per item, in order. Items: Query, Post, str (text only) or BadInput."""
+        return list(self.stream(items, think=think, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, bad_image=bad_image))
+
+    def predict_one(self, text: str = "", image=None, *, think: str = "auto", ocr: str = "",
+                    max_new_tokens: int = 96) -> Prediction:
+        """Sugar for one post; `image` may be a path, bytes, a PIL image or None."""
+        return self.predict([Query(text=text, image=image, ocr=ocr)], think=think,
+                            max_new_tokens=max_new_tokens)[0]
