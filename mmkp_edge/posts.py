@@ -177,20 +177,26 @@ def post_from_json(obj, where: str, base: Path, image_root: Path | None) -> Post
                 attributes=_str_list(obj.get("attributes"), where, "attributes"))
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, object]]:
+    """Yield (line number, "file:line", parsed value) for each non-blank JSONL line."""
+    path = Path(path)
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield number, where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+
+
 def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> list[Post]:
     """Read posts from JSONL; image paths are relative to the file's folder or `image_root`."""
     path = Path(path)
     root = Path(image_root) if image_root else None
     posts: list[Post] = []
     seen: dict[str, int] = {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+    for number, where, obj in json_lines(path):
         post = post_from_json(obj, where, path.parent, root)
         if "id" not in obj:
             post = post.replace(id=f"{path.stem}-{number}")

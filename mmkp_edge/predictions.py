@@ -9,14 +9,13 @@ Alignment errors name the first mismatch: a scorer that silently shifts lines re
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import InputError
 from .parser import keyphrases_from_answer, parse
-from .posts import SEP, is_jsonl, read_lines, split_keyphrases
+from .posts import SEP, is_jsonl, json_lines, read_lines, split_keyphrases
 
 
 def _record_keyphrases(obj: dict, where: str) -> list[str]:
@@ -32,14 +31,7 @@ def _record_keyphrases(obj: dict, where: str) -> list[str]:
 
 def _read_jsonl(path: Path, ids: Sequence[str]) -> list[list[str]]:
     by_id: dict[str, list[str]] = {}
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+    for _, where, obj in json_lines(path):
         if not isinstance(obj, dict) or "id" not in obj:
             raise InputError(f"{where}: expected a JSON object with an 'id'")
         key = str(obj["id"])
