@@ -92,3 +92,12 @@ def test_recipe_errors_are_one_line_and_name_the_key(tmp_path, text, overrides, 
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(InputError, match=message.replace("[", r"\[")):
         recipes.load(Outer, tmp_path / "r.yaml", overrides)
+
+
+def test_gate_state_round_trip_continues_identically():
+    a = Gate(GateConfig(quantile=0.5, window=3))
+    a.decide([1.0, 5.0], [True, True])
+    b = Gate(GateConfig(quantile=0.5, window=3))
+    b.load_state(a.state())
+    assert a.decide([2.0, 4.0], [True, True]) == b.decide([2.0, 4.0], [True, True])
+    assert a.last_gamma == b.last_gamma and list(a.history) == list(b.history)

@@ -89,3 +89,13 @@ class Gate:
                 return [False] * len(losses)
         self.last_gamma = self.gamma()
         return choose_reasoning(losses, has_rationale, self.last_gamma)
+
+    def state(self) -> dict:
+        """JSON-able state, so a resumed run gates exactly like an uninterrupted one."""
+        return {"history": list(self.history), "switched": self.switched,
+                "last_gamma": self.last_gamma}
+
+    def load_state(self, state: dict) -> None:
+        self.history = deque((float(x) for x in state["history"]), maxlen=self.config.window)
+        self.switched = bool(state["switched"])
+        self.last_gamma = state["last_gamma"]

@@ -116,11 +116,12 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """`extra` laid over `base`, recursively for nested mappings."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -147,8 +148,8 @@ def load(cls: type[C], recipe: str | os.PathLike | None = None, overrides: Itera
          **fields: Any) -> C:
     """Defaults ← recipe file ← keyword fields ← `--set` overrides; then `validate()` if defined."""
     data = read_recipe(recipe) if recipe else {}
-    data = _merge(data, {k: v for k, v in fields.items() if v is not None})
-    data = _merge(data, parse_overrides(overrides))
+    data = merge(data, {k: v for k, v in fields.items() if v is not None})
+    data = merge(data, parse_overrides(overrides))
     config = build(cls, data)
     validate = getattr(config, "validate", None)
     if callable(validate):

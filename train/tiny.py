@@ -24,6 +24,9 @@ import click
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 
+from .demo import demo_corpus
+from .demo.data import ALL_KEYPHRASES as DEMO_KEYPHRASES
+
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
 IMAGE, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
 ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
@@ -72,14 +75,18 @@ _SENTENCES = (
 
 
 def corpus() -> list[str]:
-    """Training text for the BPE: English words, sample posts, the prompt contract and chat roles."""
+    """Training text for the BPE: English words, sample posts, the prompt contract, chat roles and
+    every text, keyphrase and rationale sentence of the synthetic demo (`train.demo.demo_corpus`)."""
     contract = [prompt.user_text(s, "text in the image") for s in _SENTENCES]
     targets = [prompt.reasoning_target(s, s.lower().rstrip(".!").split()[:3]) for s in _SENTENCES]
     words = " ".join(_WORDS)
     caps = " ".join(w.capitalize() for w in _WORDS)
     lines = "\n".join(_WORDS)  # bare forms: the first keyphrase follows `<answer>` with no space
+    demo = demo_corpus()
+    demo_contract = [prompt.user_text(s) for s in demo[:40]]
+    demo_targets = [prompt.direct_target([k]) for k in DEMO_KEYPHRASES]   # "<answer>kp": no space
     return ([words, caps, lines, "User: Assistant: User:Assistant:"] * 20 + list(_SENTENCES) * 20
-            + contract * 20 + targets * 5)
+            + contract * 20 + targets * 5 + demo * 3 + demo_contract * 5 + demo_targets * 5)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ class TinyConfig:
     scale_factor: int = 2         # pixel-shuffle factor: 16 / 2^2 = 4 image tokens per tile
     std: float = 0.15             # weight init std (large on purpose, see module docstring)
     max_positions: int = 2048     # RoPE table length
+    model_vocab_size: int | None = None  # embedding / lm_head rows; None = the tokenizer's size.
+                                  # Larger pads the model (e.g. SmolVLM's real 49,280 for speed and
+                                  # size checks) while the small tokenizer uses the first ids.
 
     def validate(self) -> "TinyConfig":
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -113,6 +123,8 @@ class TinyConfig:
             raise InputError("tiny: vocab_size must be between 300 and 8192")
         if self.std <= 0:
             raise InputError("tiny: std must be > 0")
+        if self.model_vocab_size is not None and self.model_vocab_size < self.vocab_size:
+            raise InputError("tiny: model_vocab_size must be at least vocab_size")
         return self
 
     @property
@@ -171,7 +183,8 @@ def build_model(cfg: TinyConfig, tokenizer):
     torch.manual_seed(cfg.seed)
     ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+    vocab = max(len(tokenizer), cfg.model_vocab_size or 0)   # padded rows: ids no text maps to
+    text = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden_size,
                        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
                        max_position_embeddings=cfg.max_positions, tie_word_embeddings=False, **ids)
