@@ -7,7 +7,7 @@ EXTRAS  ?= cpu,train,export,bench,test
 TORCH_CPU ?= torch==2.13.0
 CMKP    ?= ../shared/data/cmkp
 
-.PHONY: setup test score clean
+.PHONY: setup demo test score clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	 else echo "no GPU: installing the CPU torch build ($(TORCH_CPU))"; $(BIN)/pip install -q $(TORCH_CPU); fi
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
+
+# The one-command demo: synthetic posts → zero_shot → sft → cot-data → cot → dynamic_cot →
+# int8 ONNX bundle → mmkp-predict, offline on CPU with a tiny student.
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/mmkp-train demo --out runs/demo
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q

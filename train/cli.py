@@ -28,6 +28,7 @@ from .lora import merge_command; cli.add_command(merge_command)  # noqa: E402,E7
 from .cot.command import cot_data_command; cli.add_command(cot_data_command)  # noqa: E402,E702
 from .stages.command import STAGE_COMMANDS; [cli.add_command(c) for c in STAGE_COMMANDS]  # noqa: E402,E702
 from .stages.command import pipeline_command; cli.add_command(pipeline_command)  # noqa: E402,E702
+from .demo.command import demo_command; cli.add_command(demo_command)  # noqa: E402,E702
 
 
 main = entry(cli, "mmkp-train")
