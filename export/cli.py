@@ -1,0 +1,125 @@
+"""`mmkp-export`: a trained student → a validated ONNX bundle for the torch-free runtime.
+
+Thin: parse the flags into an ExportConfig, call export.exporter.export_bundle (or, with --mlx,
+export.mlx_export.export_mlx), print a summary (or, with --json, the report as one JSON object on
+stdout). Progress goes to stderr, one line per step. Exit codes: 0 bundle written and validated
+(or --no-validate), 1 bundle written but its validation failed (the manifest says so), 2 a usage
+error (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from mmkp_edge.cli import entry
+
+from .exporter import ExportConfig, ExportReport, export_bundle
+from .quantize import Int8Config
+from .validate import ValidateConfig
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def summary(report: ExportReport) -> str:
+    """People's view of the report: files and sizes, then the parity figures."""
+    lines = [f"bundle   {report.bundle}  ({report.precision}, {_size(report.total_bytes)}, "
+             f"{report.wall_seconds:.1f} s)"]
+    for name, size in report.files.items():
+        lines.append(f"  {size:>12,d}  {name}")
+    v = report.validation
+    for key in ("logits", "greedy", "agreement"):
+        if "error" in v.get(key, {}):
+            lines.append(f"{key:<8} error: {v[key]['error']}")
+    if "max_abs_diff" in v.get("logits", {}):
+        diffs = v["logits"]["max_abs_diff"]
+        lines.append("parity   max |ORT - torch|: " + ", ".join(f"{k} {d:.2e}" for k, d in diffs.items())
+                     + f"  (atol {v['logits']['atol']:g})")
+    if "identical" in v.get("greedy", {}):
+        g = v["greedy"]
+        lines.append(f"greedy   {g['identical']}/{g['posts']} posts identical to torch "
+                     f"({g['with_image']} with an image, {g['new_tokens']} new tokens, left-padded)")
+    if "keyphrase_agreement" in v.get("agreement", {}):
+        a = v["agreement"]
+        lines.append(f"agree    {report.precision} vs fp32 keyphrases {a['keyphrase_agreement']:.3f} "
+                     f"(tokens {a['token_sequence_agreement']:.3f}; gate {a['min_agreement']:g})")
+    lines.append(f"status   {report.status}")
+    return "\n".join(lines)
+
+
+@click.command("mmkp-export")
+@click.argument("source")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to create.")
+@click.option("--int8", is_flag=True,
+              help="Weight-only int8 MatMulNBits bundle (CPU), gated on agreement with fp32.")
+@click.option("--fp16", is_flag=True, help="float16 bundle (for CUDA), gated like --int8.")
+@click.option("--mlx", is_flag=True,
+              help="MLX bundle for Apple silicon (mlx-vlm checkpoint + manifest; export/mlx_export.py).")
+@click.option("--q-bits", type=click.Choice(["8", "4"]), default=None,
+              help="With --mlx: quantize the language model's weights to 8 or 4 bits.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Check ORT vs torch logits and greedy tokens right after export.")
+@click.option("--min-agreement", type=float, default=ValidateConfig.min_agreement,
+              show_default=True, help="Quantized-bundle gate: share of probe posts with fp32's keyphrases.")
+@click.option("--block-size", type=click.Choice(["32", "64"]), default="32", show_default=True,
+              help="int8 weights per scale.")
+@click.option("--new-tokens", type=int, default=ValidateConfig.new_tokens, show_default=True,
+              help="Greedy tokens compared per probe post.")
+@click.option("--stage", default=None, help="Training stage to record [default: from the run dir].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | None, validate: bool,
+        min_agreement: float, block_size: str, new_tokens: int, stage: str | None, overwrite: bool,
+        as_json: bool) -> int:
+    """Export the student at SOURCE (hub id, checkpoint folder, or run dir with merged/ or
+    adapter/) as an ONNX bundle for mmkp-predict. With --int8/--fp16, SOURCE may also be a
+    validated fp32 bundle: its graphs are converted without re-tracing.
+
+    \b
+    Examples:
+      mmkp-export runs/dynamic_cot/demo -o bundles/demo
+      mmkp-export runs/dynamic_cot/demo -o bundles/demo-int8 --int8
+      mmkp-export bundles/demo -o bundles/demo-int8 --int8      # from the fp32 bundle
+      mmkp-export runs/dynamic_cot/demo -o bundles/demo-mlx --mlx --q-bits 8
+      mmkp-export HuggingFaceTB/SmolVLM-256M-Instruct -o bundles/zs --no-validate --json
+    """
+    if int8 + fp16 + mlx > 1:
+        raise click.UsageError("choose one of --int8, --fp16 and --mlx")
+    if q_bits and not mlx:
+        raise click.UsageError("--q-bits goes with --mlx (ONNX int8 is --int8)")
+    checks = ValidateConfig(min_agreement=min_agreement, new_tokens=new_tokens)
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    if mlx:
+        from .mlx_export import MlxExportConfig, export_mlx
+        report = export_mlx(MlxExportConfig(source=source, out=out, q_bits=int(q_bits) if q_bits else None,
+                                            overwrite=overwrite, validate=validate, stage=stage,
+                                            checks=checks), progress=say)
+    else:
+        precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+        report = export_bundle(ExportConfig(source=source, out=out, precision=precision,
+                                            overwrite=overwrite, validate=validate, stage=stage,
+                                            int8=Int8Config(block_size=int(block_size)),
+                                            checks=checks), progress=say)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(summary(report))
+    if not report.ok:
+        click.echo(f"mmkp-export: validation failed; {report.bundle} is marked invalid in its "
+                   "manifest", err=True)
+        return 1
+    return 0
+
+
+main = entry(cli, "mmkp-export")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Trace the three wrapper modules into ONNX graphs with named dynamic axes.
+
+`torch.onnx.export(dynamo=True)` (torch.export underneath) at opset 18, weights as external data
+(`<graph>.onnx.data`), one graph per wrapper in export/wrappers.py. The I/O names and the names of
+the dynamic axes are the bundle contract (mmkp_edge/manifest.py) and are written down once, in
+`graph_io()`; the parity check uses the same names, the runtime the manifest's.
+
+Example inputs use sizes ≥ 2 on every dynamic axis: torch.export specialises a dimension it sees as
+0 or 1 into a constant. The decoder's past K/V are varargs, so their dynamic shapes are a tuple
+mirroring them. After tracing, the IR version is lowered to one the supported onnxruntime range
+loads (the exporter's onnx may write a newer one), the per-node torch stack traces are dropped, and
+every dynamic axis of the graph I/O gets its contract name (present K/V: total_sequence_length).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from .wrappers import DecoderShape, GraphModules
+
+OPSET = 18
+# onnxruntime >= 1.20 (the runtime's floor) loads IR 10; onnx 1.23 alone would write IR 14.
+MAX_IR_VERSION = 10
+
+BATCH, SEQ, PAST, TOTAL, IMAGES = ("batch_size", "sequence_length", "past_sequence_length",
+                                   "total_sequence_length", "num_images")
+
+
+def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
+    """`past_key_values.{i}.key|value` (inputs) or, with prefix "present", the outputs."""
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    axes: dict[str, dict[int, str]]     # tensor name → {axis: dynamic axis name}
+
+
+def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
+    """Names and dynamic axes of every graph's inputs and outputs."""
+    past, present = past_names(shape.num_layers), past_names(shape.num_layers, "present")
+    decoder_axes = {"inputs_embeds": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
+                    "position_ids": {0: BATCH, 1: SEQ}, "logits": {0: BATCH}}
+    decoder_axes.update({n: {0: BATCH, 2: PAST} for n in past})
+    decoder_axes.update({n: {0: BATCH, 2: TOTAL} for n in present})
+    return {
+        "vision_encoder": GraphIO(("pixel_values",), ("image_features",),
+                                  {"pixel_values": {0: IMAGES}, "image_features": {0: IMAGES}}),
+        "embed_tokens": GraphIO(("input_ids",), ("inputs_embeds",),
+                                {"input_ids": {0: BATCH, 1: SEQ}, "inputs_embeds": {0: BATCH, 1: SEQ}}),
+        "decoder_model_merged": GraphIO(("inputs_embeds", "attention_mask", "position_ids", *past),
+                                        ("logits", *present), decoder_axes),
+    }
+
+
+def example_inputs(parts: GraphModules, image_size: int, batch: int = 2, seq: int = 5,
+                   past: int = 3, images: int = 2, seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Random inputs for each graph (every dynamic size ≥ 2; the first row left-padded)."""
+    s = parts.shape
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, past + seq, dtype=torch.long)                  # (B, P+T)
+    mask[0, :2] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -seq:]                 # (B, T)
+    kv = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)  # (B, kv, P, hd)
+          for _ in range(2 * s.num_layers)]
+    return {
+        "vision_encoder": (torch.randn(images, 3, image_size, image_size, generator=gen),),
+        "embed_tokens": (torch.randint(0, s.vocab_size, (batch, seq), generator=gen),),
+        "decoder_model_merged": (torch.randn(batch, seq, s.hidden_size, generator=gen), mask,
+                                 positions, *kv),
+    }
+
+
+def _dynamic_shapes(spec: GraphIO, num_inputs: int, varargs_from: int | None):
+    dims: dict[str, torch.export.Dim] = {}
+
+    def axes(name: str) -> dict[int, torch.export.Dim]:
+        return {a: dims.setdefault(n, torch.export.Dim(n)) for a, n in spec.axes.get(name, {}).items()}
+
+    fixed = [axes(n) for n in spec.inputs[:varargs_from]]
+    if varargs_from is None:
+        return tuple(fixed)
+    return (*fixed, tuple(axes(n) for n in spec.inputs[varargs_from:num_inputs]))
+
+
+def _finish(path: Path, spec: GraphIO) -> onnx.ModelProto:
+    """Lower the IR version, drop trace metadata, name every dynamic axis after `graph_io`."""
+    model = onnx.load(str(path), load_external_data=False)
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    for node in model.graph.node:          # per-node torch stack traces: bulk, no use at run time
+        del node.metadata_props[:]
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in spec.axes.get(value.name, {}).items():
+            dims[axis].ClearField("dim_value")
+            dims[axis].dim_param = name
+    onnx.save(model, str(path))
+    return model
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Raise the level of chatty library loggers for a block (e.g. the exporter's 'torchvision
+    is not installed' and its optimizer's per-initializer INFO lines once anything has called
+    logging.basicConfig — onnxruntime.quantization does)."""
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, saved):
+            lg.setLevel(old)
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    name: str
+    path: Path
+    seconds: float
+
+
+def export_graph(name: str, module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: GraphIO,
+                 out_dir: Path, opset: int = OPSET) -> ExportedGraph:
+    """Trace one wrapper into `out_dir/<name>.onnx` (+ `.onnx.data`)."""
+    path = out_dir / f"{name}.onnx"
+    varargs = 3 if name == "decoder_model_merged" else None
+    start = time.perf_counter()
+    # The exporter prints its own progress to stdout and warns about torchvision; ours goes to
+    # stderr, one line per graph, and stdout stays clean for --json.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
+                          input_names=list(spec.inputs), output_names=list(spec.outputs),
+                          dynamic_shapes=_dynamic_shapes(spec, len(args), varargs),
+                          external_data=True, optimize=True, verbose=False)
+    _finish(path, spec)
+    return ExportedGraph(name, path, time.perf_counter() - start)
+
+
+def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int = OPSET,
+               progress: Callable[[str], None] | None = None) -> dict[str, ExportedGraph]:
+    """Export vision_encoder, embed_tokens and decoder_model_merged into `out_dir`."""
+    ios = graph_io(parts.shape)
+    examples = example_inputs(parts, image_size)
+    done: dict[str, ExportedGraph] = {}
+    for i, name in enumerate(ios, 1):
+        if progress:
+            progress(f"[{i}/{len(ios)}] exporting {name} …")
+        with torch.no_grad():
+            done[name] = export_graph(name, getattr(parts, name), examples[name], ios[name], out_dir,
+                                      opset)
+        if progress:
+            progress(f"[{i}/{len(ios)}] {name}: {done[name].seconds:.1f} s")
+    return done

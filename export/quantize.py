@@ -1,0 +1,96 @@
+"""Lower-precision copies of exported graphs: weight-only int8 (CPU) and float16 (GPU).
+
+int8 is weight-only `MatMulNBits` (com.microsoft), symmetric, one scale per block of 32–64 input
+weights, with `accuracy_level=4` (int8 compute on the activations). Only constant-weight MatMuls
+change — every nn.Linear of the decoder (lm_head included) and of the vision tower + connector —
+so the graph I/O, the KV cache and the embedding table stay float32. We do not use
+`quantize_dynamic`: its per-tensor activation quantization made greedy output diverge from fp32
+after a handful of tokens in the design-phase probes, and at the default accuracy level
+MatMulNBits is much slower than fp32 on CPU (DESIGN.md §5).
+
+float16 converts every float tensor and the graph I/O (inputs_embeds, pixel_values, past/present,
+logits) to float16; it is meant for the CUDA execution provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .graphs import MAX_IR_VERSION, quiet_loggers
+
+QUANTIZED_GRAPHS = ("vision_encoder", "decoder_model_merged")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    block_size: int = 32          # input weights per scale (32 or 64)
+    accuracy_level: int = 4       # MatMulNBits compute type: 4 = int8 activations (fast on CPU)
+    symmetric: bool = True        # zero point fixed at 0
+
+    def validate(self) -> "Int8Config":
+        if self.block_size not in (32, 64):
+            raise ValueError(f"int8 block_size must be 32 or 64, got {self.block_size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0-4, got {self.accuracy_level}")
+        return self
+
+    def describe(self, nodes: dict[str, int]) -> dict:
+        """The manifest's `quantization` entry."""
+        return {"method": "matmulnbits", "bits": 8, "block_size": self.block_size,
+                "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
+                "weight_only": True, "graphs": list(QUANTIZED_GRAPHS), "matmulnbits_nodes": nodes}
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Save with weights in `<file>.data` beside it and an IR version the runtime loads."""
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    for file in (path, data):
+        file.chmod(0o644)                 # onnx writes the data file owner-only
+
+
+def count_ops(path: Path, op_type: str) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return Counter(n.op_type for n in model.graph.node)[op_type]
+
+
+def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
+    """MatMulNBits int8 copy of the graph at `src` written to `dst`; returns the node count."""
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    cfg.validate()
+    model = onnx.load(str(src))                                   # with its external weights
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                        accuracy_level=cfg.accuracy_level, bits=8,
+                                        quant_format=QuantFormat.QOperator)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=cfg.block_size,
+                                     is_symmetric=cfg.symmetric,
+                                     accuracy_level=cfg.accuracy_level, algo_config=algo)
+    # the quantizer logs one INFO line per MatMul; progress is ours to report
+    with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(
+            "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
+        quantizer.process()
+    save_graph(quantizer.model.model, dst)
+    return count_ops(dst, "MatMulNBits")
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """float16 copy of the graph at `src` (I/O included) written to `dst`."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with contextlib.redirect_stdout(io.StringIO()):
+        half = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    save_graph(half, dst)

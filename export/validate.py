@@ -1,0 +1,196 @@
+"""Export's checks, run right after the graphs are written: a bundle is only as good as its parity.
+
+1. `check_logits` — every graph against the torch wrapper it was traced from, on random inputs of
+   other sizes than the trace example (a prefill with an empty past and a decode step with a long
+   past, left-padded). Logits and image features must agree within `atol`; present K/V are compared
+   at real (unpadded) positions only: pad rows attend to nothing and their values are never read.
+2. `check_greedy` — the torch-free runtime (mmkp_edge.predictor, exactly what `mmkp-predict`
+   runs) against the PyTorch student's greedy generation (train.generation.generate_batch), on one
+   left-padded batch of probe posts with and without images: the token ids must be identical.
+3. `check_agreement` — for int8 / float16 bundles: greedy keyphrases of the new bundle against the
+   fp32 bundle on the fixed probe set; the share of posts with the same keyphrases (after stemming)
+   must reach `min_agreement`.
+
+Both generators are compared up to the runtime's stop ids (eos or `</answer>`): torch's generate
+stops only at eos, the runtime also at `</answer>`, and nothing after a stop is ever used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmkp_edge.manifest import Manifest
+from mmkp_edge.phrases import stem_key
+from mmkp_edge.posts import Post
+
+from .graphs import graph_io
+from .wrappers import GraphModules
+
+PROBE_TEXTS = (
+    "Storm hits the city tonight, stay safe everyone",
+    "happy birthday",
+    "Coffee and cake on a rainy morning with friends and family at home",
+    "Great game tonight, what a win for the team!",
+    "new music video out today",
+    "Sunset at the beach",
+    "The election results are in and the vote was close",
+    "cute dog in the park near a big tree",
+)
+PROBE_IMAGE_SIZES = ((40, 56), (64, 48), (33, 90), (120, 80), (48, 48))   # (width, height)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    atol: float = 1e-3            # max |Δ| allowed between ORT and torch (logits, features, K/V)
+    new_tokens: int = 16          # greedy tokens compared per probe post
+    probe_posts: int = 8          # posts in the greedy batch / agreement probe set
+    min_agreement: float = 0.95   # int8 / fp16: share of probe posts with the fp32 keyphrases
+    think: str = "auto"           # think mode of the probe prompts (no logits are suppressed)
+
+    def validate(self) -> "ValidateConfig":
+        if self.atol <= 0 or self.new_tokens < 1 or self.probe_posts < 2:
+            raise ValueError("atol must be > 0, new_tokens ≥ 1 and probe_posts ≥ 2")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
+        return self
+
+
+def probe_posts(folder: Path, count: int, seed: int = 0) -> list[Post]:
+    """A fixed, varied probe set: texts of different lengths, every other post with a random
+    image (odd sizes, so resizing is exercised) written as PNG under `folder`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    posts = []
+    for i in range(count):
+        image = None
+        if i % 2 == 0:
+            w, h = PROBE_IMAGE_SIZES[(i // 2) % len(PROBE_IMAGE_SIZES)]
+            image = str(folder / f"probe_{i}.png")
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(image)
+        posts.append(Post(id=f"probe-{i}", text=PROBE_TEXTS[i % len(PROBE_TEXTS)], image=image))
+    return posts
+
+
+# ---------------------------------------------------------------- 1. logits
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _max_diff(got: np.ndarray, ref: torch.Tensor) -> float:
+    return float(np.abs(got.astype(np.float64) - ref.double().numpy()).max()) if got.size else 0.0
+
+
+def check_logits(parts: GraphModules, bundle: Path, image_size: int, atol: float,
+                 seed: int = 1) -> dict:
+    """Max |ORT − torch| per graph output group on fresh random inputs."""
+    s = parts.shape
+    ios = graph_io(s)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    with torch.no_grad():
+        pixels = torch.randn(3, 3, image_size, image_size, generator=gen)     # (N, 3, S, S)
+        got = _session(bundle / "vision_encoder.onnx").run(None, {"pixel_values": pixels.numpy()})
+        out["image_features"] = _max_diff(got[0], parts.vision_encoder(pixels))
+        ids = torch.randint(0, s.vocab_size, (3, 7), generator=gen)           # (B, T)
+        got = _session(bundle / "embed_tokens.onnx").run(None, {"input_ids": ids.numpy()})
+        out["inputs_embeds"] = _max_diff(got[0], parts.embed_tokens(ids))
+        decoder = _session(bundle / "decoder_model_merged.onnx")
+        logits, kv = 0.0, 0.0
+        for batch, seq, past in ((3, 7, 0), (3, 1, 9)):                       # prefill, decode
+            mask = torch.ones(batch, past + seq, dtype=torch.long)            # (B, P+T)
+            mask[0, :3] = 0                                                   # left padding
+            pos = torch.where(mask == 0, 1, mask.cumsum(-1) - 1)[:, -seq:]   # (B, T)
+            embeds = torch.randn(batch, seq, s.hidden_size, generator=gen)    # (B, T, D)
+            cache = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)
+                     for _ in range(2 * s.num_layers)]                        # (B, kv, P, hd)
+            args = (embeds, mask, pos, *cache)
+            got = decoder.run(None, dict(zip(ios["decoder_model_merged"].inputs,
+                                             (a.numpy() for a in args))))
+            ref = parts.decoder_model_merged(*args)
+            logits = max(logits, _max_diff(got[0], ref[0]))
+            real = mask.bool().numpy()                                        # (B, P+T)
+            for g, r in zip(got[1:], ref[1:]):                                # (B, kv, P+T, hd)
+                kv = max(kv, float(np.abs(g - r.numpy()).transpose(0, 2, 1, 3)[real].max()))
+        out["logits"], out["present"] = logits, kv
+    worst = max(out.values())
+    return {"max_abs_diff": out, "atol": atol, "passed": bool(worst <= atol)}
+
+
+# ---------------------------------------------------------------- 2. greedy parity
+
+def _until_stop(tokens, stops: set[int]) -> list[int]:
+    """Tokens before the first stop id (torch's generate stops only at eos, the runtime also at
+    `</answer>`; what follows a stop is never used)."""
+    out = []
+    for t in tokens:
+        if t in stops:
+            return out
+        out.append(int(t))
+    return out
+
+
+def stop_ids(manifest: Manifest) -> set[int]:
+    return {*manifest.special_tokens.eos, manifest.special_tokens.answer_close}
+
+
+def runtime_tokens(bundle: Path, posts: list[Post], cfg: ValidateConfig):
+    """The torch-free runtime's greedy output for the posts, as one left-padded batch."""
+    from mmkp_edge.predictor import KeyphrasePredictor
+
+    predictor = KeyphrasePredictor.from_bundle(bundle)
+    preds = predictor.predict(posts, think=cfg.think, batch_size=len(posts),
+                              max_new_tokens=cfg.new_tokens)
+    errors = [f"{p.id}: {p.error}" for p in preds if p.error]
+    if errors:
+        raise RuntimeError(f"runtime refused probe posts: {'; '.join(errors[:3])}")
+    return preds, predictor.manifest
+
+
+def check_greedy(model, processor, bundle: Path, posts: list[Post], cfg: ValidateConfig) -> dict:
+    """Runtime vs PyTorch greedy tokens on one left-padded batch (with and without images)."""
+    from train.generation import generate_batch
+
+    preds, manifest = runtime_tokens(bundle, posts, cfg)
+    reference = generate_batch(model, processor, posts, think=cfg.think,
+                               max_new_tokens=cfg.new_tokens)
+    stops = stop_ids(manifest)
+    same, mismatches = 0, []
+    for post, ref, got in zip(posts, reference, preds):
+        a, b = _until_stop(ref.token_ids, stops), _until_stop(got.token_ids, stops)
+        if a == b:
+            same += 1
+        else:
+            first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            mismatches.append({"id": post.id, "first_diff_at": first, "torch": a, "runtime": b})
+    with_image = sum(p.image is not None for p in posts)
+    return {"posts": len(posts), "with_image": with_image, "new_tokens": cfg.new_tokens,
+            "identical": same, "passed": same == len(posts), "mismatches": mismatches[:3]}
+
+
+# ---------------------------------------------------------------- 3. agreement with fp32
+
+def check_agreement(reference: Path, candidate: Path, posts: list[Post],
+                    cfg: ValidateConfig) -> dict:
+    """Share of probe posts whose greedy keyphrases (stemmed) match the fp32 bundle's."""
+    ref, manifest = runtime_tokens(reference, posts, cfg)
+    got, _ = runtime_tokens(candidate, posts, cfg)
+    stops = stop_ids(manifest)
+    same_kp = sum([stem_key(k) for k in a.keyphrases] == [stem_key(k) for k in b.keyphrases]
+                  for a, b in zip(ref, got))
+    same_tokens = sum(_until_stop(a.token_ids, stops) == _until_stop(b.token_ids, stops)
+                      for a, b in zip(ref, got))
+    agreement = same_kp / len(posts)
+    return {"posts": len(posts), "keyphrase_agreement": agreement,
+            "token_sequence_agreement": same_tokens / len(posts),
+            "min_agreement": cfg.min_agreement, "passed": agreement >= cfg.min_agreement}
