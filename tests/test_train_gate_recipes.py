@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from mmkp_edge.errors import InputError
-from train import recipes
+from train import config_loader
 from train.gate import Gate, GateConfig, choose_reasoning, quantile_gamma
 
 
@@ -70,11 +70,11 @@ class Outer:
 
 def test_recipe_then_fields_then_overrides(tmp_path):
     (tmp_path / "r.yaml").write_text("name: a\nlr: 0.01\ninner:\n  r: 4\n")
-    cfg = recipes.load(Outer, tmp_path / "r.yaml", ["inner.targets=q_proj,v_proj", "flag=true"],
+    cfg = config_loader.load(Outer, tmp_path / "r.yaml", ["inner.targets=q_proj,v_proj", "flag=true"],
                        lr=0.5)
     assert cfg == Outer(name="a", lr=0.5, flag=True, inner=Inner(r=4, targets=("q_proj", "v_proj")))
-    recipes.save(cfg, tmp_path / "out.yaml")
-    assert recipes.load(Outer, tmp_path / "out.yaml") == cfg
+    config_loader.save(cfg, tmp_path / "out.yaml")
+    assert config_loader.load(Outer, tmp_path / "out.yaml") == cfg
 
 
 @pytest.mark.parametrize("text, overrides, message", [
@@ -91,7 +91,7 @@ def test_recipe_then_fields_then_overrides(tmp_path):
 def test_recipe_errors_are_one_line_and_name_the_key(tmp_path, text, overrides, message):
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(InputError, match=message.replace("[", r"\[")):
-        recipes.load(Outer, tmp_path / "r.yaml", overrides)
+        config_loader.load(Outer, tmp_path / "r.yaml", overrides)
 
 
 def test_gate_state_round_trip_continues_identically():

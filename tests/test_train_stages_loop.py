@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from mmkp_edge import prompt
 from mmkp_edge.posts import read_jsonl
 from stage_inputs import make_inputs, quick
-from train import recipes
+from train import config_loader
 from train.collate import IGNORE, train_batch
 from train.loop import LoopConfig, lr_at, sample_indices
 from train.stages.config import StageConfig
@@ -27,7 +27,7 @@ def inputs(tmp_path_factory):
 
 
 def _config(inputs, stage, **extra):
-    return recipes.load(StageConfig, default_recipe(stage), quick(inputs, **extra), stage=stage)
+    return config_loader.load(StageConfig, default_recipe(stage), quick(inputs, **extra), stage=stage)
 
 
 def _log(path):

@@ -29,7 +29,7 @@ import yaml
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 
-from . import recipes
+from . import config_loader
 from .student import MERGED_DIR
 
 CONFIG, METRICS, PREDICTIONS = "config.yaml", "metrics.json", "predictions.jsonl"
@@ -63,7 +63,7 @@ def prepare_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def write_config(path: Path, config, run_info: dict) -> None:
-    recipes.save(config, path / CONFIG, extra={"run": run_info})
+    config_loader.save(config, path / CONFIG, extra={"run": run_info})
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -90,7 +90,7 @@ def check_resumable(path: Path, config) -> None:
         return
     saved = read_config(path)
     saved.pop("run", None)
-    now = recipes.to_dict(config)
+    now = config_loader.to_dict(config)
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             raise InputError(f"--resume: config key {key!r} differs from the run in {path} "

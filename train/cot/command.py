@@ -1,7 +1,7 @@
 """`mmkp-train cot-data`: the thin command over run.run_cot_data (parse → config → one call).
 
 The common knobs are flags; every CotDataConfig field can also come from a YAML recipe (`--config`)
-or `--set key=value` (train.recipes: defaults ← recipe ← flags ← --set), so the command stays short
+or `--set key=value` (train.config_loader: defaults ← recipe ← flags ← --set), so the command stays short
 and the config dataclass stays the one documented list of options. Flags default to None so a
 recipe's values are not silently overridden by a flag nobody typed.
 The summary is printed for people on stderr and as one JSON line on stdout for machines.
@@ -75,10 +75,10 @@ def cot_data_command(recipe, posts, output, teacher, model, base_url, api_key_en
       mmkp-train cot-data --posts train.jsonl -o rationales.jsonl --teacher local \\
           --model HuggingFaceTB/SmolVLM-500M-Instruct --set batch_size=16
     """
-    from .. import recipes
+    from .. import config_loader
     from .run import run_cot_data, summary_json   # heavy-ish imports only when the command runs
 
-    config = recipes.load(CotDataConfig, recipe, sets, posts=posts, output=output,
+    config = config_loader.load(CotDataConfig, recipe, sets, posts=posts, output=output,
                           teacher=teacher, model=model, base_url=base_url,
                           api_key_env=api_key_env, gold=False if no_gold else None, keep=keep,
                           samples=samples, concurrency=concurrency, limit=limit,

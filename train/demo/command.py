@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .. import recipes
+from .. import config_loader
 from .run import DemoConfig, run_demo
 
 _SUBSETS = ("all", "present", "absent", "unseen")
@@ -71,6 +71,6 @@ def demo_command(out: str, n_posts: int | None, steps: int | None, overrides: tu
       mmkp-train demo --out runs/demo
       mmkp-train demo --posts 600 --steps 100 --set eval_posts=60   # a quick smoke run
     """
-    cfg = recipes.load(DemoConfig, None, overrides, out=out, n_posts=n_posts, steps=steps)
+    cfg = config_loader.load(DemoConfig, None, overrides, out=out, n_posts=n_posts, steps=steps)
     summary = run_demo(cfg)
     click.echo(json.dumps(summary, default=str) if as_json else summary_text(summary))

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from mmkp_edge.errors import InputError
 from mmkp_edge.posts import read_jsonl
 
-from .. import recipes
+from .. import config_loader
 from ..tiny import TinyConfig, init_tiny
 from .data import make_demo_data
 
@@ -70,11 +70,11 @@ def _pipeline_config(cfg: DemoConfig, out: Path, student: Path, data, rationales
                   "cpu_threads": cfg.cpu_threads, "checkpoint_every": 0},
         "data": {"max_eval_posts": cfg.eval_posts},
     }
-    return recipes.build(PipelineConfig, {
+    return config_loader.build(PipelineConfig, {
         "name": "demo", "runs_dir": str(out / "runs"), "model": str(student),
         "rationales": str(rationales),
         "data": {"train": str(data.train), "valid": str(data.valid), "test": str(data.test)},
-        "common": recipes.merge(common, cfg.stage_overrides),
+        "common": config_loader.merge(common, cfg.stage_overrides),
     })
 
 

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .. import recipes
+from .. import config_loader
 from .config import StageConfig
 from .pipeline import PipelineConfig, comparison, default_recipe, run_pipeline
 from .run import run_stage
@@ -26,7 +26,7 @@ _STAGE_HELP = {
 }
 
 _COMMON = """
-Config: the packaged recipe train/configs/{stage}.yaml, or --recipe FILE, then --set key=value
+Config: the packaged recipe train/recipes/{stage}.yaml, or --recipe FILE, then --set key=value
 (repeatable; dotted keys reach sections: train.steps, lora.r, eval.think, dynamic.variant…).
 Writes RUNS_DIR/{stage}/NAME/ (config.yaml, metrics.json, predictions.jsonl, train_log.jsonl,
 checkpoints/, adapter/, merged/). One process, one device (train.device: auto | cpu | cuda).
@@ -57,10 +57,10 @@ def stage_command(stage: str) -> click.Command:
 
     @_recipe_options
     def command(recipe: str | None, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
-        data = recipes.read_recipe(recipe) if recipe else {}
+        data = config_loader.read_recipe(recipe) if recipe else {}
         if data.get("stage", stage) != stage:
             raise click.UsageError(f"{recipe} is a {data['stage']} recipe, not {stage}")
-        config = recipes.load(StageConfig, recipe or default_recipe(stage), overrides, stage=stage)
+        config = config_loader.load(StageConfig, recipe or default_recipe(stage), overrides, stage=stage)
         path = run_stage(config, resume=resume, overwrite=overwrite, log=sys.stderr)
         click.echo(str(path))
         click.echo(_summary(json.loads((path / "metrics.json").read_text(encoding="utf-8"))))
@@ -81,9 +81,9 @@ def pipeline_command(recipe: str | None, overrides: tuple[str, ...], resume: boo
                      overwrite: bool) -> None:
     """Run zero_shot → sft → cot → dynamic_cot and print a comparison table.
 
-    Config: train/configs/progressive.yaml or --recipe FILE, then --set. Shared keys: name,
+    Config: train/recipes/progressive.yaml or --recipe FILE, then --set. Shared keys: name,
     runs_dir, model, rationales, data.*, stages, dynamic_from; `common.<key>` overrides every
-    stage's config, `<stage>.<key>` one stage's (on top of train/configs/<stage>.yaml). Every
+    stage's config, `<stage>.<key>` one stage's (on top of train/recipes/<stage>.yaml). Every
     stage is checked before the first model loads. --resume skips finished stages.
 
     \b
@@ -92,7 +92,7 @@ def pipeline_command(recipe: str | None, overrides: tuple[str, ...], resume: boo
         --set data.test=demo/test.jsonl --set rationales=demo/rationales.jsonl \\
         --set common.train.steps=200 --set cot.eval.max_new_tokens=96
     """
-    config = recipes.load(PipelineConfig, recipe or default_recipe("progressive"), overrides)
+    config = config_loader.load(PipelineConfig, recipe or default_recipe("progressive"), overrides)
     results = run_pipeline(config, resume=resume, overwrite=overwrite, log=sys.stderr)
     table, rows = comparison(results)
     click.echo(table)

@@ -1,6 +1,6 @@
 """The stage config: one typed, frozen dataclass for all four stages (DESIGN.md §2, §7).
 
-A recipe (`train/configs/<stage>.yaml`) sets the fields that differ from these defaults; the
+A recipe (`train/recipes/<stage>.yaml`) sets the fields that differ from these defaults; the
 command line adds `--set key=value`. Only the fields a stage uses matter to it (`zero_shot` ignores
 `train`, `lora` and `dynamic`; only `cot` / `dynamic_cot` read `rationales`), but every run dir
 saves the whole resolved config, so any two runs can be diffed.

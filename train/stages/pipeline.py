@@ -18,7 +18,7 @@ from typing import Any, Literal, TextIO
 
 from mmkp_edge.errors import InputError
 
-from .. import recipes, rundir
+from .. import config_loader, rundir
 from .config import DEFAULT_MODEL, STAGES, DataConfig, StageConfig
 from .run import finished, prepare, run_stage
 
@@ -53,8 +53,8 @@ class PipelineConfig:
 
 
 def default_recipe(stage: str) -> Path:
-    """The packaged recipe `train/configs/<stage>.yaml`."""
-    return Path(str(resources.files("train") / "configs" / f"{stage}.yaml"))
+    """The packaged recipe `train/recipes/<stage>.yaml`."""
+    return Path(str(resources.files("train") / "recipes" / f"{stage}.yaml"))
 
 
 _INIT_ORDER = {"zero_shot": (), "sft": ("zero_shot",), "cot": ("sft", "zero_shot")}
@@ -69,11 +69,11 @@ def stage_configs(cfg: PipelineConfig) -> list[StageConfig]:
         parent = next((paths[s] for s in prefer if s in paths), None)
         fields = {"name": cfg.name, "runs_dir": cfg.runs_dir, "model": cfg.model,
                   "rationales": cfg.rationales, "init_from": parent,
-                  "data": recipes.to_dict(cfg.data)}
-        fields = recipes.merge(recipes.merge(fields, cfg.common), getattr(cfg, stage))
+                  "data": config_loader.to_dict(cfg.data)}
+        fields = config_loader.merge(config_loader.merge(fields, cfg.common), getattr(cfg, stage))
         if fields.get("stage", stage) != stage:
             raise InputError(f"{stage}: overrides may not change the stage")
-        config = recipes.load(StageConfig, default_recipe(stage), (), **fields)
+        config = config_loader.load(StageConfig, default_recipe(stage), (), **fields)
         out.append(config)
         paths[stage] = str(rundir.run_path(cfg.runs_dir, stage, cfg.name))
     return out
