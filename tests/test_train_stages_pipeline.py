@@ -153,3 +153,28 @@ def test_pipeline_refuses_to_clobber_earlier_runs(pipeline_runs, inputs, capsys,
         main(["pipeline", *_sets(quick(inputs, "common.", rationales=inputs["rationales"],
                                        name="chain"))])
     _one_line_error(capsys, exc, "already exists; use --resume")
+
+
+def test_pipeline_runs_the_teacher_step_before_the_first_stage_that_needs_rationales(tmp_path):
+    """`cot_data` in the pipeline recipe writes `rationales` (here with the demo teacher) between
+    sft and cot, so a recipe alone goes from posts to Dynamic CoT."""
+    from train import config_loader
+    from train.demo import make_demo_data
+    from train.stages.pipeline import PipelineConfig, run_pipeline
+    from train.tiny import init_tiny
+
+    data = make_demo_data(tmp_path / "demo", n_posts=60, seed=2, image_size=32)
+    student = init_tiny(tmp_path / "student")
+    rationales = tmp_path / "rationales.jsonl"
+    cfg = config_loader.build(PipelineConfig, {
+        "name": "t", "runs_dir": str(tmp_path / "runs"), "model": str(student),
+        "rationales": str(rationales), "stages": ["sft", "cot"],
+        "cot_data": {"teacher": "demo", "model": "demo-ground-truth"},
+        "data": {"train": str(data.train), "test": str(data.test), "max_eval_posts": 4},
+        "common": {"train": {"steps": 2, "batch_size": 4, "cpu_threads": 1,
+                             "checkpoint_every": 0}, "eval": {"max_new_tokens": 8}},
+    })
+    assert not rationales.exists()
+    results = run_pipeline(cfg, log=None)
+    assert [r["stage"] for r in results] == ["sft", "cot"]
+    assert rationales.is_file() and results[1]["train"]["with_rationale"] > 0

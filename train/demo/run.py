@@ -3,10 +3,9 @@
 `mmkp-train demo` (what `make demo` runs) shows the whole system working on a fresh machine with
 no downloads and no GPU, on the real code paths: the demo generator writes posts and images, the
 `demo` teacher (a stand-in for GPT-4o, writing rationales from the generator's ground truth) goes
-through the real `cot-data` command and filter, the tiny random-init student is trained by the
-real stages (zero_shot → sft → cot → dynamic_cot), exported by the real exporter to an int8 ONNX
-bundle, and served by the torch-free runtime. The teacher's rationales do not depend on the student,
-so they are written before the stages run.
+through the real `cot-data` step and filter as part of the pipeline, the tiny random-init student
+is trained by the real stages (zero_shot → sft → cot-data → cot → dynamic_cot), exported by the
+real exporter to an int8 ONNX bundle, and served by the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -73,6 +72,7 @@ def _pipeline_config(cfg: DemoConfig, out: Path, student: Path, data, rationales
     return config_loader.build(PipelineConfig, {
         "name": "demo", "runs_dir": str(out / "runs"), "model": str(student),
         "rationales": str(rationales),
+        "cot_data": {"teacher": "demo", "model": "demo-ground-truth"},
         "data": {"train": str(data.train), "valid": str(data.valid), "test": str(data.test)},
         "common": config_loader.merge(common, cfg.stage_overrides),
     })
@@ -85,8 +85,7 @@ def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
     from mmkp_edge.predictor import KeyphrasePredictor
     from mmkp_edge.query import Query
 
-    from ..cot.config import CotDataConfig
-    from ..cot.run import run_cot_data
+    from ..cot.records import latest_records
     from ..stages.pipeline import run_pipeline
 
     cfg.validate()
@@ -94,32 +93,31 @@ def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
     times: dict[str, float] = {}
     start = time.perf_counter()
 
-    _say(log, f"1/6 synthetic posts ({cfg.n_posts}) → {out / 'data'}")
+    _say(log, f"1/5 synthetic posts ({cfg.n_posts}) → {out / 'data'}")
     t = time.perf_counter()
     data = make_demo_data(out / "data", n_posts=cfg.n_posts, seed=cfg.seed)
     times["data_s"] = time.perf_counter() - t
 
-    _say(log, f"2/6 tiny random-weight student → {out / 'student'}")
+    _say(log, f"2/5 tiny random-weight student → {out / 'student'}")
     t = time.perf_counter()
     student = init_tiny(out / "student", TinyConfig(seed=cfg.seed))
     times["student_s"] = time.perf_counter() - t
 
-    _say(log, "3/6 cot-data with the demo teacher (a stand-in for a real teacher such as GPT-4o)")
+    _say(log, "3/5 progressive training: zero_shot → sft → cot-data (the demo teacher, a "
+              "stand-in for a real teacher such as GPT-4o) → cot → dynamic_cot")
     t = time.perf_counter()
     rationales = out / "rationales.jsonl"
     if rationales.exists() and cfg.overwrite:
         rationales.unlink()
-    cot = run_cot_data(CotDataConfig(posts=str(data.train), output=str(rationales), teacher="demo",
-                                     model="demo-ground-truth"), log=log)
-    times["cot_data_s"] = time.perf_counter() - t
-
-    _say(log, "4/6 progressive training: zero_shot → sft → cot → dynamic_cot")
-    t = time.perf_counter()
     pipeline = _pipeline_config(cfg, out, student, data, rationales)
     results = run_pipeline(pipeline, overwrite=cfg.overwrite, log=log)
     times["training_s"] = time.perf_counter() - t
+    records = latest_records(rationales).values()
+    kept = sum(bool(r.get("kept")) for r in records)
+    cot = {"processed": len(records), "kept": kept, "rejected": len(records) - kept,
+           "kept_rate": kept / max(len(records), 1)}
 
-    _say(log, "5/6 mmkp-export --int8 (fp32 graphs, then weight-only int8, each validated)")
+    _say(log, "4/5 mmkp-export --int8 (fp32 graphs, then weight-only int8, each validated)")
     t = time.perf_counter()
     bundle = out / "bundle-int8"
     run_dir = Path(pipeline.runs_dir) / "dynamic_cot" / pipeline.name
@@ -130,7 +128,7 @@ def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
         raise InputError(f"export failed validation: {json.dumps(report.validation)}")
     times["export_s"] = time.perf_counter() - t
 
-    _say(log, "6/6 mmkp-predict on two demo test images (think=auto)")
+    _say(log, "5/5 mmkp-predict on two demo test images (think=auto)")
     t = time.perf_counter()
     test_posts = [p for p in read_jsonl(data.test) if p.image][:2]
     predictor = KeyphrasePredictor.from_bundle(bundle, threads=cfg.threads)
@@ -141,7 +139,7 @@ def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
 
     return {
         "stages": results,
-        "cot_data": {k: cot[k] for k in ("processed", "kept", "rejected", "kept_rate")},
+        "cot_data": cot,
         "bundle": {"path": str(bundle), "bytes": _bytes(bundle), "validation": report.validation},
         "predictions": [{"id": p.id, "text": p.text, "gold": list(p.keyphrases),
                          "predicted": pr.keyphrases, "thought": pr.thought,

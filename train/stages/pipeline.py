@@ -19,6 +19,7 @@ from typing import Any, Literal, TextIO
 from mmkp_edge.errors import InputError
 
 from .. import config_loader, rundir
+from . import stage_module
 from .config import DEFAULT_MODEL, STAGES, DataConfig, StageConfig
 from .run import finished, prepare, run_stage
 
@@ -29,6 +30,9 @@ class PipelineConfig:
     runs_dir: str = "runs"                    # runs_dir/<stage>/<name>
     model: str = DEFAULT_MODEL                # the base model zero_shot evaluates and sft tunes
     rationales: str | None = None             # rationale JSONL for cot and dynamic_cot
+    cot_data: dict[str, Any] = field(default_factory=dict)    # if set: write `rationales` with
+    #   `mmkp-train cot-data` (CotDataConfig keys: teacher, model, base_url, keep, …; posts =
+    #   data.train) right before the first stage that needs them; resumable like the command
     data: DataConfig = field(default_factory=DataConfig)
     stages: tuple[str, ...] = STAGES          # which stages to run (in this order)
     dynamic_from: Literal["sft", "cot"] = "sft"   # the run dynamic_cot starts from
@@ -46,7 +50,9 @@ class PipelineConfig:
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
             raise InputError(f"stages must be in pipeline order ({', '.join(STAGES)})")
-        for name in ("common",) + STAGES:
+        if self.cot_data and not self.rationales:
+            raise InputError("cot_data needs rationales=FILE: the path it writes and the stages read")
+        for name in ("common", "cot_data") + STAGES:
             if not isinstance(getattr(self, name), dict):
                 raise InputError(f"{name}: expected a mapping of stage config keys")
         return self
@@ -79,18 +85,34 @@ def stage_configs(cfg: PipelineConfig) -> list[StageConfig]:
     return out
 
 
+def cot_data_config(cfg: PipelineConfig):
+    """The teacher step's config (posts = the training split, output = `rationales`), or None."""
+    if not cfg.cot_data:
+        return None
+    from ..cot.config import CotDataConfig
+
+    fields = config_loader.merge(cfg.cot_data, {"posts": cfg.data.train, "output": cfg.rationales,
+                                                "image_root": cfg.data.image_root})
+    return config_loader.load(CotDataConfig, None, (), **fields)
+
+
 def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool = False,
                  log: TextIO | None = sys.stderr) -> list[dict]:
-    """Run the stages; returns each stage's metrics.json record, in order."""
+    """Run the stages (and the teacher step, if configured); returns each stage's metrics.json."""
     configs = stage_configs(cfg)
-    for config in configs:
-        prepare(config, check_init=False, log=None)       # fail on bad input before any model loads
+    teacher = cot_data_config(cfg)
+    for config in configs:                                # fail on bad input before any model loads
+        prepare(config, check_init=False, log=None, check_rationales=teacher is None)
         path = rundir.run_path(config.runs_dir, config.stage, config.name)
         if path.exists() and any(path.iterdir()) and not (resume or overwrite):
             raise InputError(f"{path} already exists; use --resume to continue the pipeline, "
                              "--overwrite to replace it, or --set name=OTHER")
     results = []
     for config in configs:
+        if teacher is not None and stage_module(config.stage).NEEDS_RATIONALES:
+            from ..cot.run import run_cot_data
+            run_cot_data(teacher, log=log)                # skips posts already in the file
+            teacher = None
         path = rundir.run_path(config.runs_dir, config.stage, config.name)
         if resume and finished(path):
             if log is not None:

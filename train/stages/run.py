@@ -64,9 +64,10 @@ def _rationales(config: StageConfig, posts: list[Post]) -> dict[str, str]:
     return found
 
 
-def prepare(config: StageConfig, *, check_init: bool = True, log: TextIO | None = sys.stderr
-            ) -> StageInputs:
-    """Every input check of a stage, no model loaded."""
+def prepare(config: StageConfig, *, check_init: bool = True, check_rationales: bool = True,
+            log: TextIO | None = sys.stderr) -> StageInputs:
+    """Every input check of a stage, no model loaded (`check_rationales=False`: the pipeline's
+    teacher step writes them before this stage runs)."""
     module = stage_module(config.stage)
     if config.init_from is None:
         source = config.model
@@ -85,7 +86,7 @@ def prepare(config: StageConfig, *, check_init: bool = True, log: TextIO | None 
         print(f"{config.stage}: warning: {missing} posts name an image file that does not exist; "
               "they are used text-only", file=log, flush=True)
     rationales, with_rationale = None, 0
-    if module.NEEDS_RATIONALES:
+    if module.NEEDS_RATIONALES and check_rationales:
         rationales = _rationales(config, train)
         with_rationale = sum(p.id in rationales for p in train)
         if not with_rationale:
