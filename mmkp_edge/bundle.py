@@ -50,7 +50,7 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
 
 def verify_files(root: Path, manifest: Manifest) -> None:
     """Every listed file exists with the recorded size and sha256."""
-    for name in GRAPH_NAMES:
+    for name in manifest.graphs:
         if not (root / manifest.graphs[name]).is_file():
             raise InputError(f"{root}: graph {name} ({manifest.graphs[name]}) is missing from the bundle")
     for name, expected in manifest.files.items():
@@ -103,9 +103,15 @@ class Bundle:
         if verify:
             verify_files(root, manifest)
         else:
-            for name in GRAPH_NAMES:
+            for name in manifest.graphs:
                 if not (root / manifest.graphs[name]).is_file():
                     raise InputError(f"{root}: graph {name} ({manifest.graphs[name]}) is missing")
+        encoder = PromptEncoder.from_file(root / manifest.tokenizer.file, manifest.chat,
+                                          manifest.image, manifest.tokenizer)
+        if manifest.backend == "mlx":     # an mlx-vlm checkpoint (mmkp-export --mlx), not ORT graphs
+            from .mlx_backend import load_graphs
+            return cls(root=root, manifest=manifest, encoder=encoder, providers=["mlx"],
+                       preprocessor=ImagePreprocessor(manifest.image), graphs=load_graphs(root, manifest))
         names = resolve_providers(providers)
         opts = session_options(threads)
         sessions = {}
@@ -117,7 +123,5 @@ class Bundle:
                 raise InputError(f"{file}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
         graphs = Graphs(sessions["vision_encoder"], sessions["embed_tokens"],
                         sessions["decoder_model_merged"], manifest.model)
-        encoder = PromptEncoder.from_file(root / manifest.tokenizer.file, manifest.chat,
-                                          manifest.image, manifest.tokenizer)
         return cls(root=root, manifest=manifest, encoder=encoder,
                    preprocessor=ImagePreprocessor(manifest.image), graphs=graphs, providers=names)

@@ -51,6 +51,11 @@ special token ids and the graph shapes. A field added here is a field export mus
     files           {"decoder_model_merged.onnx.data": {"sha256": "…", "bytes": 123}, …}
                     Every file of the bundle except manifest.json (graphs, external data, tokenizer).
     validation      optional, free-form results of export's checks (max |Δlogit|, greedy agreement…)
+    backend         optional, "onnx" (default) | "mlx". An "mlx" bundle (mmkp-export --mlx) holds
+                    mlx-vlm's converted checkpoint (config.json, model.safetensors…) instead of the
+                    ONNX graphs: `graphs` is {} and `quantization` is null or
+                    {"method": "mlx-affine", "bits": 8|4, "group_size": 64, …}; everything else
+                    (prompt, chat, tokenizer, special tokens, image) means the same.
 
 Graph I/O (transformers.js names; dynamic axes named):
     vision_encoder        pixel_values (N, 3, S, S) float → image_features (N, tokens_per_image, hidden)
@@ -78,6 +83,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 DTYPES = ("float32", "float16")
+BACKENDS = ("onnx", "mlx")     # what runs the bundle: onnxruntime graphs, or an mlx-vlm checkpoint
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,7 @@ class Manifest:
     opset: int = 18
     validation: dict = field(default_factory=dict)   # export's check results, free-form
     schema_version: int = SCHEMA_VERSION
+    backend: str = "onnx"              # BACKENDS: "mlx" bundles have no graphs (see docstring)
 
     # ------------------------------------------------------------ checks
 
@@ -184,7 +191,9 @@ class Manifest:
             raise InputError(f"manifest schema_version {self.schema_version} is not supported by this "
                              f"runtime (it reads {SCHEMA_VERSION}); re-export the bundle or upgrade "
                              f"mmkp-edge")
-        for name in GRAPH_NAMES:
+        if self.backend not in BACKENDS:
+            raise InputError(f"manifest: backend {self.backend!r} not one of {', '.join(BACKENDS)}")
+        for name in GRAPH_NAMES if self.backend == "onnx" else ():
             if name not in self.graphs:
                 raise InputError(f"manifest: graph {name!r} missing from 'graphs'")
             if self.graphs[name] not in self.files:
@@ -247,7 +256,8 @@ class Manifest:
                 model=ModelInfo(**data["model"]), graphs=dict(data["graphs"]),
                 files={k: FileInfo(**v) for k, v in data["files"].items()},
                 dtype=data.get("dtype", "float32"), quantization=data.get("quantization"),
-                opset=int(data.get("opset", 18)), validation=dict(data.get("validation") or {}))
+                opset=int(data.get("opset", 18)), validation=dict(data.get("validation") or {}),
+                backend=data.get("backend", "onnx"))
         except KeyError as exc:
             raise InputError(f"{where}: missing key {exc.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError) as exc:
