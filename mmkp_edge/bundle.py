@@ -86,8 +86,9 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int | None = None,
              providers: str | Sequence[str] | None = None, verify: bool = True) -> "Bundle":
-        """Load the bundle at `path` (default: $MMKP_BUNDLE). `verify=False` skips the sha256 pass
-        (sizes and presence are still checked by opening the files)."""
+        """Load the bundle at `path` (default: $MMKP_BUNDLE). A bundle that failed export's
+        validation is refused. `verify=False` skips the sha256 pass and that refusal (sizes and
+        presence are still checked by opening the files)."""
         if path is None or str(path) == "":
             path = os.environ.get(BUNDLE_ENV)
             if not path:
@@ -100,6 +101,9 @@ class Bundle:
             raise InputError(f"{root}: bundle was trained with prompt {manifest.prompt.id} "
                              f"(hash {manifest.prompt.hash}); this runtime knows {prompt.PROMPT_ID} "
                              f"(hash {prompt.PROMPT_HASH}) — re-export, or use the matching mmkp-edge")
+        if verify and manifest.validation.get("status") == "failed":
+            raise InputError(f"{root}: this bundle failed export validation (see 'validation' in "
+                             f"manifest.json); re-export it, or load it anyway with --no-verify")
         if verify:
             verify_files(root, manifest)
         else:

@@ -23,7 +23,7 @@ from export.source import load_source
 from export.validate import probe_posts
 from export.wrappers import family_parts
 from mmkp_edge import prompt
-from mmkp_edge.bundle import Bundle
+from mmkp_edge.bundle import Bundle, verify_files
 from mmkp_edge.errors import InputError
 from mmkp_edge.manifest import Manifest, file_info
 from mmkp_edge.parser import parse
@@ -203,7 +203,9 @@ def test_int8_gate_fails_on_a_chaotic_random_student(fp32, tmp_path, capsys):
     assert manifest.validation["agreement"]["keyphrase_agreement"] < 0.95
     assert manifest.validation["reference"]["status"] == "passed"
     assert manifest.quantization["matmulnbits_nodes"]["decoder_model_merged"] > 0
-    Bundle.load(out)                          # hashes of the derived bundle match its manifest
+    with pytest.raises(InputError, match="failed export validation"):
+        Bundle.load(out)                      # the runtime refuses a bundle that failed its gate
+    verify_files(out, manifest)               # yet the derived files match the manifest's hashes
 
 
 def test_fp16_bundle_agrees_with_fp32_and_cannot_be_derived_from(fp32, trained_dir, tmp_path,

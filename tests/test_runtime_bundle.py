@@ -72,6 +72,12 @@ def test_graph_missing_from_manifest_is_refused(bundle):
     _refused(bundle, "embed_tokens")
 
 
+def test_bundle_that_failed_export_validation_is_refused_unless_unverified(bundle):
+    rewrite_manifest(bundle, validation={"status": "failed", "agreement": 0.375})
+    _refused(bundle, "failed export validation", "--no-verify")
+    assert Bundle.load(bundle, threads=1, verify=False).manifest.validation["status"] == "failed"
+
+
 def test_unknown_prompt_hash_is_refused(bundle):
     rewrite_manifest(bundle, prompt={"id": "mmkp-v0", "hash": "0123456789abcdef"})
     _refused(bundle, "prompt", "0123456789abcdef", prompt.PROMPT_HASH)

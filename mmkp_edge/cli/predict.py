@@ -100,7 +100,8 @@ def _show(pred: Prediction, as_json: bool) -> int:
 @click.option("--bad-image", type=click.Choice(BAD_IMAGE_POLICIES), default="error", show_default=True,
               help="An unreadable image fails the post, or the post is answered from its text.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of the keyphrase line.")
-@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files (faster start).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files and the refusal of a bundle that "
+              "failed export validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def cli(args, no_image, jsonl, output, image_root, bundle, think, batch_size, max_new_tokens, threads,
         providers, bad_image, as_json, no_verify, quiet):
