@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mmkp_edge.errors import InputError
-from mmkp_edge.mlx_backend import INSTALL_HINT, rope_theta
+from mmkp_edge.mlx_backend import INSTALL_HINT, hf_auto_processor_untouched, rope_theta
 from mmkp_edge.parser import parse
 from mmkp_edge.phrases import stem_key
 
@@ -93,7 +93,7 @@ def convert(checkpoint: Path, out: Path, cfg: MlxExportConfig) -> str:
     except ImportError as exc:
         raise InputError(f"--mlx needs mlx-vlm ({exc.name} is missing): {INSTALL_HINT}") from None
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log), hf_auto_processor_untouched():
         mlx_convert(str(checkpoint), mlx_path=str(out), quantize=cfg.q_bits is not None,
                     q_bits=cfg.q_bits or 8, q_group_size=cfg.group_size, trust_remote_code=False)
     return log.getvalue()

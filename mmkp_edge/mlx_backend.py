@@ -20,6 +20,7 @@ loads neither torch nor transformers (mlx_vlm itself imports transformers when a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,25 @@ def require_mlx() -> tuple[Any, Any]:
     except ImportError as exc:
         raise InputError(f"the MLX backend needs mlx-vlm ({exc.name} is missing): {INSTALL_HINT}") from None
     return mx, utils
+
+
+@contextlib.contextmanager
+def hf_auto_processor_untouched():
+    """Undo mlx-vlm's global patch of `transformers.AutoProcessor.from_pretrained`.
+
+    Importing an mlx-vlm model module (e.g. `mlx_vlm.models.idefics3`, which `load_model` and the
+    converter do) replaces AutoProcessor.from_pretrained for that model type, process-wide, with
+    mlx-vlm's own processor — which, for our checkpoints, comes back without the chat template.
+    Anything else in the same process (training, the PyTorch reference of export's check) must
+    keep transformers' behaviour, so every mlx-vlm call that may import a model runs inside this.
+    """
+    import transformers                       # mlx_vlm has already imported it
+
+    original = transformers.AutoProcessor.__dict__["from_pretrained"]
+    try:
+        yield
+    finally:
+        transformers.AutoProcessor.from_pretrained = original
 
 
 def rope_theta(text_config: dict) -> float:
@@ -93,7 +113,8 @@ class MlxGraphs:
         root = Path(root)
         try:
             text_config = json.loads((root / "config.json").read_text(encoding="utf-8"))["text_config"]
-            model = utils.load_model(root)
+            with hf_auto_processor_untouched():
+                model = utils.load_model(root)
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise InputError(f"{root}: mlx-vlm cannot load this bundle: {str(exc).splitlines()[0]}") from None
         return cls(model, manifest.model, rope_theta(text_config))

@@ -197,3 +197,13 @@ def test_importing_the_backend_is_cheap():
             "('mlx', 'mlx_vlm', 'torch', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_loading_an_mlx_bundle_leaves_transformers_auto_processor_alone(fp32, tiny_dir):
+    """mlx-vlm patches AutoProcessor.from_pretrained process-wide when its Idefics3 module is
+    imported; our backend undoes that, so a student loaded afterwards keeps its chat template."""
+    from transformers import AutoProcessor
+
+    KeyphrasePredictor.from_bundle(fp32.bundle)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    assert processor.chat_template is not None
