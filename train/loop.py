@@ -11,8 +11,18 @@ saved state*. The data order is a seeded permutation per epoch, so step s reads 
 [s·B·A, (s+1)·B·A) of the endless permuted stream; the learning rate is `lr_at(s)`; dropout draws
 from the torch RNG whose state is checkpointed; the plan's state (the gate's loss window) is too.
 
-One process, one device: multi-GPU (DDP via torchrun / accelerate) is not implemented yet; it
-would need a per-rank slice of `sample_indices`, a DDP-wrapped model and rank-0-only writes.
+Multi-GPU is the same command under a launcher, no code or recipe change (`train.distributed`):
+
+    torchrun --nproc_per_node 4 -m train.cli sft --set train.batch_size=32 …
+    accelerate launch --multi_gpu --num_processes 4 -m train.cli pipeline …   # the same DDP
+
+`train.batch_size` is the *global* micro-batch: each of the N ranks trains a contiguous 1/N slice
+of it on cuda:LOCAL_RANK (it must be a multiple of N), gradients are averaged by DDP, and the loss
+is normalised by the global token count, so N processes log the same losses, gate the same samples
+and reach the same weights as one process with the same config (up to float summation order; with
+LoRA dropout > 0 each rank draws its own dropout masks). Only rank 0 writes files. Resume needs the
+run dir on a file system every rank sees; nothing else in a checkpoint depends on N, so it may even
+resume under another N (each rank's dropout RNG is checkpointed too, exact for the same N).
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ from mmkp_edge.errors import InputError
 from mmkp_edge.posts import Post
 
 from .collate import IGNORE, train_batch
-from .resume import checkpoints, load_checkpoint, save_checkpoint
+from .distributed import World, current
+from .resume import checkpoints, load_checkpoint, rng_tensors, save_checkpoint
 from .student import ImageStats
 
 
@@ -138,7 +149,7 @@ class TargetPlan(Protocol):
 class TrainSummary:
     steps: int = 0                      # optimizer steps taken in total (incl. before a resume)
     final_loss: float | None = None     # mean loss of the last `log_every` steps
-    tokens_per_s: float | None = None   # input tokens (prompt + target) per second, this process
+    tokens_per_s: float | None = None   # input tokens (prompt + target) per second, all ranks
     wall_s: float = 0.0                 # training time, summed over resumed segments
     cot_fraction: float | None = None   # share of trained samples that had a reasoning target
     resumed_from: int | None = None     # step of the checkpoint this process started from
@@ -147,16 +158,14 @@ class TrainSummary:
 
 # ---------------------------------------------------------------- the loop
 
-def _batch_loss(model, batch: dict[str, torch.Tensor], autocast: bool) -> tuple[torch.Tensor, int]:
-    """Token-mean NLL of the batch's supervised tokens, and how many there were."""
+def _batch_nll(model, batch: dict[str, torch.Tensor], autocast: bool) -> torch.Tensor:
+    """Summed NLL of the batch's supervised tokens (the caller divides by the global count)."""
     labels = batch.pop("labels")
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         logits = model(**batch).logits                                      # (B, T, V)
     logits, labels = logits[:, :-1].float(), labels[:, 1:]                  # (B, T-1, V), (B, T-1)
-    n = int((labels != IGNORE).sum())
-    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
-                                             reduction="sum") / max(n, 1)
-    return loss, n
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                             reduction="sum")
 
 
 class Progress:
@@ -179,7 +188,7 @@ class Progress:
 def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopConfig,
           run_dir: str | Path, *, resume: bool = False, label: str = "train",
           log: TextIO | None = sys.stderr, stats: ImageStats | None = None,
-          on_step: Callable[[dict], Any] | None = None) -> TrainSummary:
+          on_step: Callable[[dict], Any] | None = None, world: World | None = None) -> TrainSummary:
     """Train `model` in place for `cfg.total_steps(len(posts))` optimizer steps.
 
     Writes `run_dir/train_log.jsonl` (one record per step) and `run_dir/checkpoints/`. With
@@ -191,8 +200,14 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
     (supervised tokens actually trained), direct_losses (the gate's scores, or None); cot_fraction;
     gamma (the last micro-batch's γ) and gammas (one per micro-batch); input_tokens,
     supervised_tokens, tokens_per_s, time_s.
+
+    Under a launcher (`world`, default: the running `train.distributed` session) every rank calls
+    this with the same arguments; records are global and identical on every rank, and only rank 0
+    writes the log and checkpoints.
     """
     cfg.validate()
+    world = world or current()
+    world.check_batch(cfg.batch_size)
     run_dir = Path(run_dir)
     ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
     device = next(model.parameters()).device
@@ -207,23 +222,27 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
     start, cot_counts = 0, [0, 0]
     found = checkpoints(ckpt_dir) if resume else []
     if found:
-        resumed = load_checkpoint(found[-1], model, optimizer)
+        resumed = load_checkpoint(found[-1], model, optimizer, rng_prefix=world.rng_prefix)
         start, summary.resumed_from = resumed.step, resumed.step
         plan.load_state(resumed.extra["plan"])
         cot_counts = resumed.extra["cot_counts"]
         summary.wall_s = resumed.extra["wall_s"]
         summary.recent = resumed.extra["recent"]
-        _truncate_log(log_path, start)
+        if world.is_main:
+            _truncate_log(log_path, start)
     else:
-        torch.manual_seed(cfg.seed)
-        log_path.unlink(missing_ok=True)
+        torch.manual_seed(cfg.seed + world.rank)          # rank 0 = the one-process stream
+        if world.is_main:
+            log_path.unlink(missing_ok=True)
         plan.prepare(model, processor, posts)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
-    progress = Progress(label, total, cfg.log_every, log)
+    progress = Progress(label, total, cfg.log_every, log if world.is_main else None)
     model.train()
+    ddp = world.wrap(model, find_unused=cfg.tuning == "full")
+    ddp.train()
     t0, tokens_seen = time.perf_counter(), 0
-    with open(log_path, "a", encoding="utf-8") as log_file:
+    with (open(log_path, "a", encoding="utf-8") if world.is_main else _Discard()) as log_file:
         for step in range(start + 1, total + 1):
             t_step = time.perf_counter()
             lr = lr_at(step, cfg, total)
@@ -238,19 +257,25 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
                 idx = sample_indices(first + micro * cfg.batch_size, cfg.batch_size, len(posts),
                                      cfg.seed)
                 chunk = [posts[i] for i in idx]
-                chosen = plan.targets(model, processor, chunk)
-                batch = train_batch(processor, chunk, chosen.texts, stats)
+                chosen = plan.targets(model, processor, chunk)     # global: same on every rank
+                batch = train_batch(processor, world.shard(chunk), world.shard(chosen.texts), stats)
                 rec["ids"] += [p.id for p in chunk]
                 rec["reasoning"] += chosen.reasoning
-                rec["target_tokens"] += (batch["labels"] != IGNORE).sum(dim=1).tolist()
+                per_post = (batch["labels"] != IGNORE).sum(dim=1).tolist()
+                rec["target_tokens"] += world.gather(per_post)
                 rec["direct_losses"] += chosen.direct_losses or []
                 rec["gammas"].append(chosen.gamma)           # one γ per micro-batch
                 rec["gamma"] = chosen.gamma if chosen.gamma is not None else rec["gamma"]
-                n_input += int(batch["attention_mask"].sum())
+                counts = world.sum(torch.tensor([int(batch["attention_mask"].sum()),
+                                                 int((batch["labels"][:, 1:] != IGNORE).sum())]))
+                n_input += int(counts[0])
+                n = int(counts[1])                           # supervised tokens, all ranks
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss, n = _batch_loss(model, batch, autocast)
-                (loss / cfg.grad_accum).backward()
-                losses.append(float(loss.detach()))
+                with world.no_sync(ddp, sync=micro == cfg.grad_accum - 1):
+                    nll = _batch_nll(ddp, batch, autocast)
+                    # DDP averages gradients over ranks: × size makes it the global token mean
+                    (nll * (world.size / max(n, 1) / cfg.grad_accum)).backward()
+                losses.append(float(world.sum(nll.detach())) / max(n, 1))
                 n_tokens += n
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             optimizer.step()
@@ -272,9 +297,12 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
             summary.recent = (summary.recent + [rec["loss"]])[-cfg.log_every:]
             summary.steps = step
             if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                save_checkpoint(ckpt_dir, step, model, optimizer, keep=cfg.keep_checkpoints, extra={
-                    "plan": plan.state(), "cot_counts": cot_counts, "wall_s": summary.wall_s,
-                    "recent": summary.recent})
+                rng = world.rng_states(rng_tensors())         # collective: every rank's RNG
+                if world.is_main:
+                    save_checkpoint(ckpt_dir, step, model, optimizer, keep=cfg.keep_checkpoints,
+                                    rng=rng, extra={
+                                        "plan": plan.state(), "cot_counts": cot_counts,
+                                        "wall_s": summary.wall_s, "recent": summary.recent})
             done = time.perf_counter() - t0
             progress.update(rec, done / (step - start) * (total - step))
             if on_step is not None:
@@ -288,6 +316,22 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
     summary.tokens_per_s = tokens_seen / run_time if tokens_seen else None
     summary.cot_fraction = cot_counts[0] / cot_counts[1] if cot_counts[1] else None
     return summary
+
+
+class _Discard:
+    """The log file of ranks other than 0: writes go nowhere."""
+
+    def __enter__(self) -> "_Discard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def _checkpointing(model, on: bool) -> None:

@@ -38,7 +38,8 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """This process's RNG states (CPU, and every CUDA device) as checkpoint entries."""
     out = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -47,8 +48,9 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: str | os.PathLike, step: int, model, optimizer, extra: dict,
-                    keep: int = 2) -> Path:
-    """Write `<folder>/step-<step>/` atomically; keep only the newest `keep` checkpoints."""
+                    keep: int = 2, rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `<folder>/step-<step>/` atomically; keep only the newest `keep` checkpoints. `rng`
+    replaces this process's RNG entries (DDP: every rank's, see `train.distributed`)."""
     folder = Path(folder)
     final = folder / f"{PREFIX}{step:07d}"
     tmp = folder / f".tmp-{PREFIX}{step:07d}"
@@ -65,7 +67,7 @@ def save_checkpoint(folder: str | os.PathLike, step: int, model, optimizer, extr
                 tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{key}"] = value
-    tensors.update(_rng_tensors())
+    tensors.update(rng_tensors() if rng is None else rng)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / STATE_FILE).write_text(json.dumps({
         "step": step, "param_names": list(params), "param_groups": opt["param_groups"],
@@ -85,8 +87,9 @@ def checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer) -> Resumed:
-    """Restore weights, optimizer and RNG state saved by `save_checkpoint` at `path`."""
+def load_checkpoint(path: str | os.PathLike, model, optimizer, rng_prefix: str = "") -> Resumed:
+    """Restore weights, optimizer and RNG state saved by `save_checkpoint` at `path`; the RNG
+    entries are read under `rng_prefix` when present (a DDP rank's own), else unprefixed."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     params = _trainable(model)
@@ -109,8 +112,9 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer) -> Resumed:
         index, name = key.split(".", 1)
         opt_state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+    prefix = rng_prefix if rng_prefix + "rng.cpu" in tensors else ""
+    torch.set_rng_state(tensors[prefix + "rng.cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith(prefix + "rng.cuda.")),
                                        key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)

@@ -29,7 +29,8 @@ _COMMON = """
 Config: the packaged recipe train/recipes/{stage}.yaml, or --recipe FILE, then --set key=value
 (repeatable; dotted keys reach sections: train.steps, lora.r, eval.think, dynamic.variant…).
 Writes RUNS_DIR/{stage}/NAME/ (config.yaml, metrics.json, predictions.jsonl, train_log.jsonl,
-checkpoints/, adapter/, merged/). One process, one device (train.device: auto | cpu | cuda).
+checkpoints/, adapter/, merged/). Multi-GPU (DDP): the same command under
+`torchrun --nproc_per_node N -m train.cli …`; train.batch_size stays the global micro-batch.
 """
 
 
@@ -42,6 +43,12 @@ def _recipe_options(fn):
     fn = click.option("--recipe", "--config", "recipe", type=click.Path(dir_okay=False),
                       default=None, help="YAML recipe [default: the packaged one].")(fn)
     return fn
+
+
+def _main_process() -> bool:
+    """Under torchrun / accelerate launch only rank 0 prints the result."""
+    from ..distributed import World
+    return World.from_env().is_main
 
 
 def _summary(metrics: dict) -> str:
@@ -62,8 +69,9 @@ def stage_command(stage: str) -> click.Command:
             raise click.UsageError(f"{recipe} is a {data['stage']} recipe, not {stage}")
         config = config_loader.load(StageConfig, recipe or default_recipe(stage), overrides, stage=stage)
         path = run_stage(config, resume=resume, overwrite=overwrite, log=sys.stderr)
-        click.echo(str(path))
-        click.echo(_summary(json.loads((path / "metrics.json").read_text(encoding="utf-8"))))
+        if _main_process():
+            click.echo(str(path))
+            click.echo(_summary(json.loads((path / "metrics.json").read_text(encoding="utf-8"))))
 
     example = (f"mmkp-train {cli_name} --set model=runs/tiny-student --set name=demo \\\n"
                "  --set data.train=demo/train.jsonl --set data.test=demo/test.jsonl"
@@ -95,8 +103,9 @@ def pipeline_command(recipe: str | None, overrides: tuple[str, ...], resume: boo
     config = config_loader.load(PipelineConfig, recipe or default_recipe("progressive"), overrides)
     results = run_pipeline(config, resume=resume, overwrite=overwrite, log=sys.stderr)
     table, rows = comparison(results)
-    click.echo(table)
-    click.echo(json.dumps({"pipeline": config.name, "stages": rows}))
+    if _main_process():
+        click.echo(table)
+        click.echo(json.dumps({"pipeline": config.name, "stages": rows}))
 
 
 STAGE_COMMANDS = [stage_command(s) for s in ("zero_shot", "sft", "cot", "dynamic_cot")]

@@ -17,6 +17,7 @@ from mmkp_edge import prompt
 from mmkp_edge.posts import Post
 
 from ..collate import sample_losses, train_batch
+from ..distributed import current
 from ..gate import Gate, GateConfig, choose_reasoning, quantile_gamma
 from ..loop import Targets
 
@@ -28,21 +29,28 @@ NEEDS_RATIONALES = True
 
 @torch.no_grad()
 def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0) -> list[float]:
-    """Per-post mean token NLL of the direct target under `model` (eval mode, then restored)."""
+    """Per-post mean token NLL of the direct target under `model` (eval mode, then restored).
+
+    Under DDP each rank scores its slice of every chunk and the scores are gathered back in order,
+    so every rank's gate sees the same global losses (`train.distributed`)."""
     device = next(model.parameters()).device
+    world = current()
     was_training = model.training
     model.eval()
     out: list[float] = []
     step = batch_size or len(posts)
     try:
         for start in range(0, len(posts), step):
-            chunk = posts[start:start + step]
+            chunk = world.shard(posts[start:start + step])
+            if not chunk:                                    # fewer posts than ranks
+                out += world.gather([])
+                continue
             batch = train_batch(processor, chunk, [prompt.direct_target(p.keyphrases) for p in chunk])
             labels = batch.pop("labels").to(device)                           # (B, T)
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(**batch).logits                                 # (B, T, V)
-            out += sample_losses(logits, labels).tolist()
+            out += world.gather(sample_losses(logits, labels).tolist())
     finally:
         model.train(was_training)
     return out

@@ -107,15 +107,25 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool =
         if path.exists() and any(path.iterdir()) and not (resume or overwrite):
             raise InputError(f"{path} already exists; use --resume to continue the pipeline, "
                              "--overwrite to replace it, or --set name=OTHER")
+    from ..distributed import session
+
+    with session(configs[0].train.device) as (world, _):   # DDP: one process group, all stages
+        return _run_stages(configs, teacher, world, resume=resume, overwrite=overwrite, log=log)
+
+
+def _run_stages(configs: list[StageConfig], teacher, world, *, resume: bool, overwrite: bool,
+                log: TextIO | None) -> list[dict]:
     results = []
     for config in configs:
         if teacher is not None and stage_module(config.stage).NEEDS_RATIONALES:
             from ..cot.run import run_cot_data
-            run_cot_data(teacher, log=log)                # skips posts already in the file
+            if world.is_main:
+                run_cot_data(teacher, log=log)            # skips posts already in the file
+            world.barrier()
             teacher = None
         path = rundir.run_path(config.runs_dir, config.stage, config.name)
         if resume and finished(path):
-            if log is not None:
+            if log is not None and world.is_main:
                 print(f"{config.stage}: finished earlier, skipped ({path})", file=log, flush=True)
         else:
             run_stage(config, resume=resume, overwrite=overwrite, log=log)

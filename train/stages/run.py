@@ -123,24 +123,42 @@ def _save(model, student, config: StageConfig, path: Path) -> None:
 
 def run_stage(config: StageConfig, *, resume: bool = False, overwrite: bool = False,
               log: TextIO | None = sys.stderr, on_step: Callable[[dict], Any] | None = None) -> Path:
-    """Run one stage end to end; returns its run dir (metrics.json, predictions.jsonl, …)."""
+    """Run one stage end to end; returns its run dir (metrics.json, predictions.jsonl, …).
+
+    Under torchrun / accelerate launch every rank runs this; rank 0 alone writes the run dir,
+    saves/merges and evaluates while the others wait (`train.distributed`)."""
+    from ..distributed import session
+
+    with session(config.train.device) as (world, device):
+        log = log if world.is_main else None
+        return _run(config, world, device, resume=resume, overwrite=overwrite, log=log,
+                    on_step=on_step)
+
+
+def _run(config: StageConfig, world, device, *, resume: bool, overwrite: bool,
+         log: TextIO | None, on_step: Callable[[dict], Any] | None) -> Path:
     module = stage_module(config.stage)
     inputs = prepare(config, log=log)
     path = rundir.run_path(config.runs_dir, config.stage, config.name)
-    if resume:
-        rundir.check_resumable(path, config)
-    rundir.prepare_dir(path, resume=resume, overwrite=overwrite)
-    rundir.write_config(path, config, rundir.run_info(config.stage, inputs.source))
+    if module.make_plan is not None:
+        world.check_batch(config.train.batch_size)
+    world.barrier()                     # every rank has read its inputs before rank 0 writes
+    if world.is_main:
+        if resume:
+            rundir.check_resumable(path, config)
+        rundir.prepare_dir(path, resume=resume, overwrite=overwrite)
+        rundir.write_config(path, config, rundir.run_info(config.stage, inputs.source))
     if log is not None:
         print(f"{config.stage}: {len(inputs.train_posts)} training posts"
               + (f" ({inputs.with_rationale} with a rationale)" if inputs.rationales is not None else "")
               + f", {len(inputs.eval_posts)} {config.data.eval_split} posts, from {inputs.source}"
-              f" → {path}", file=log, flush=True)
+              f" → {path}" + (f" ({world.size} processes)" if world.parallel else ""),
+              file=log, flush=True)
+    world.barrier()
 
-    from ..loop import resolve_device, train
+    from ..loop import train
     from ..student import load_student
 
-    device = resolve_device(config.train.device)
     if config.train.cpu_threads:
         import torch
         torch.set_num_threads(config.train.cpu_threads)
@@ -150,9 +168,18 @@ def run_stage(config: StageConfig, *, resume: bool = False, overwrite: bool = Fa
         model = _trainable_model(student, config)
         plan = module.make_plan(config, inputs.rationales)
         summary = train(model, student.processor, inputs.train_posts, plan, config.train, path,
-                        resume=resume, label=config.stage, log=log, on_step=on_step)
-        _save(model, student, config, path)
+                        resume=resume, label=config.stage, log=log, on_step=on_step, world=world)
+        if world.is_main:
+            _save(model, student, config, path)
+    if world.is_main:
+        _evaluate(config, module, model, student, inputs, summary, path, log)
+    world.barrier()                     # the next stage (or caller) reads merged/ and metrics.json
+    return path
 
+
+def _evaluate(config: StageConfig, module, model, student, inputs: StageInputs, summary,
+              path: Path, log: TextIO | None) -> None:
+    """Greedy evaluation, predictions.jsonl and metrics.json (rank 0 only)."""
     from ..evaluate import evaluate
     stats = ImageStats()
     think = config.eval.think or module.THINK
@@ -171,7 +198,6 @@ def run_stage(config: StageConfig, *, resume: bool = False, overwrite: bool = Fa
     rundir.write_predictions(path / rundir.PREDICTIONS, result.predictions)
     rundir.write_json(path / rundir.METRICS, rundir.metrics_record(
         config, inputs.source, result.metrics, train_figures, images))
-    return path
 
 
 def finished(path: str | os.PathLike) -> bool:
