@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ def hf_auto_processor_untouched():
     Anything else in the same process (training, the PyTorch reference of export's check) must
     keep transformers' behaviour, so every mlx-vlm call that may import a model runs inside this.
     """
-    import transformers                       # mlx_vlm has already imported it
-
+    transformers = sys.modules.get("transformers")   # mlx_vlm imported it before any such call
+    if transformers is None:
+        yield
+        return
     original = transformers.AutoProcessor.__dict__["from_pretrained"]
     try:
         yield

@@ -33,3 +33,15 @@ def quick(inputs: dict[str, str], stage_prefix: str = "", **extra: str) -> list[
                  "eval.max_new_tokens": "12"}
     pairs = {**shared, **{stage_prefix + k: v for k, v in per_stage.items()}, **extra}
     return [f"{k}={v}" for k, v in pairs.items()]
+
+
+class Interrupt(Exception):
+    """Raised by `stop_after`'s hook: a run killed after a given step (for resume tests)."""
+
+
+def stop_after(step):
+    """An `on_step` hook that interrupts the training loop once `step` is done."""
+    def hook(record):
+        if record["step"] == step:
+            raise Interrupt
+    return hook

@@ -20,7 +20,6 @@ from PIL import Image
 from export.cli import main
 from export.exporter import ExportConfig, export_bundle
 from export.source import load_source
-from export.validate import probe_posts
 from export.wrappers import family_parts
 from mmkp_edge import prompt
 from mmkp_edge.bundle import Bundle, verify_files
@@ -29,9 +28,10 @@ from mmkp_edge.manifest import Manifest, file_info
 from mmkp_edge.parser import parse
 from mmkp_edge.posts import Post
 from mmkp_edge.predictor import KeyphrasePredictor
-from train.collate import train_batch
 from train.generation import generate_batch
 from train.tiny import init_tiny
+
+from students import train_briefly
 
 pytestmark = pytest.mark.slow
 
@@ -51,23 +51,9 @@ def fp32(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_dir, tmp_path_factory):
-    """The tiny student after 40 full fine-tuning steps on the probe posts: a peaked, non-trivial
-    greedy distribution like a real trained student's (a random one is chaotic, see below)."""
-    src = load_source(str(tiny_dir))
-    posts = probe_posts(tmp_path_factory.mktemp("probe"), 8)
-    targets = [prompt.direct_target(p.text.lower().replace(",", "").split()[:2]) for p in posts]
-    torch.manual_seed(0)
-    model = src.model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batch = train_batch(src.processor, posts, targets)
-    for _ in range(40):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("trained") / "student"
-    model.eval().save_pretrained(out)
-    src.processor.save_pretrained(out)
-    return out
+    """The tiny student after 40 fine-tuning steps (see tests/students.py)."""
+    return train_briefly(tiny_dir, tmp_path_factory.mktemp("probe"),
+                         tmp_path_factory.mktemp("trained") / "student")
 
 
 def _posts(folder):

@@ -13,14 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("mlx_vlm", reason="mlx-vlm not installed (pip install 'mmkp-edge[mlx]')")
 
 from export.mlx_export import MlxExportConfig, export_mlx  # noqa: E402
 from export.source import load_source  # noqa: E402
-from export.validate import probe_posts  # noqa: E402
 from mmkp_edge import prompt  # noqa: E402
 from mmkp_edge.errors import InputError  # noqa: E402
 from mmkp_edge.manifest import Manifest  # noqa: E402
@@ -28,9 +26,10 @@ from mmkp_edge.parser import parse  # noqa: E402
 from mmkp_edge.phrases import stem_key  # noqa: E402
 from mmkp_edge.posts import Post  # noqa: E402
 from mmkp_edge.predictor import KeyphrasePredictor  # noqa: E402
-from train.collate import train_batch  # noqa: E402
 from train.generation import generate_batch  # noqa: E402
 from train.tiny import init_tiny  # noqa: E402
+
+from students import train_briefly  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +41,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_dir, tmp_path_factory):
-    """The tiny student after 40 fine-tuning steps on the probe posts: peaked greedy choices like a
-    trained student's (a random one is chaotic: any weight rounding flips its argmax)."""
-    src = load_source(str(tiny_dir))
-    posts = probe_posts(tmp_path_factory.mktemp("probe"), 8)
-    targets = [prompt.direct_target(p.text.lower().replace(",", "").split()[:2]) for p in posts]
-    torch.manual_seed(0)
-    model = src.model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batch = train_batch(src.processor, posts, targets)
-    for _ in range(40):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("trained") / "student"
-    model.eval().save_pretrained(out)
-    src.processor.save_pretrained(out)
-    return out
+    """The tiny student after 40 fine-tuning steps (see tests/students.py)."""
+    return train_briefly(tiny_dir, tmp_path_factory.mktemp("probe"),
+                         tmp_path_factory.mktemp("trained") / "student")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmkp_edge.errors import InputError
-from stage_inputs import make_inputs, quick
+from stage_inputs import Interrupt, make_inputs, quick, stop_after
 from train import config_loader
 from train.cli import main
 from train.distributed import World
@@ -116,15 +116,6 @@ def test_only_rank_zero_writes(runs):
     assert {"rng.cpu", "rank0.rng.cpu", "rank1.rng.cpu"} <= set(rng)   # each rank's dropout RNG
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_after(step):
-    def hook(record):
-        if record["step"] == step:
-            raise Interrupt
-    return hook
 
 
 def test_a_run_interrupted_in_one_process_resumes_under_two(runs):
@@ -135,7 +126,7 @@ def test_a_run_interrupted_in_one_process_resumes_under_two(runs):
                     "eval.max_new_tokens": "2", "data.max_eval_posts": "2"})
     config = config_loader.load(StageConfig, default_recipe("sft"), sets, stage="sft")
     with pytest.raises(Interrupt):
-        run_stage(config, log=None, on_step=_stop_after(2))       # dies after checkpoint 2
+        run_stage(config, log=None, on_step=stop_after(2))       # dies after checkpoint 2
     done = subprocess.run(_torchrun(["sft", "--resume", *_sets(sets)]), cwd=REPO, env=runs["env"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

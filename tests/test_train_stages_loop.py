@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mmkp_edge import prompt
 from mmkp_edge.posts import read_jsonl
-from stage_inputs import make_inputs, quick
+from stage_inputs import Interrupt, make_inputs, quick, stop_after
 from train import config_loader
 from train.collate import IGNORE, train_batch
 from train.loop import LoopConfig, lr_at, sample_indices
@@ -34,15 +34,6 @@ def _log(path):
     return [json.loads(line) for line in open(Path(path) / "train_log.jsonl")]
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_after(step):
-    def hook(record):
-        if record["step"] == step:
-            raise Interrupt
-    return hook
 
 
 @pytest.mark.parametrize("stage", ["sft", "dynamic_cot"])
@@ -53,7 +44,7 @@ def test_resume_continues_with_identical_losses(inputs, stage):
     straight = run_stage(_config(inputs, stage, name="straight", **extra), log=None)
     broken = _config(inputs, stage, name="broken", **extra)
     with pytest.raises(Interrupt):
-        run_stage(broken, log=None, on_step=_stop_after(4))       # dies after step 4
+        run_stage(broken, log=None, on_step=stop_after(4))       # dies after step 4
     assert [r["step"] for r in _log(Path(broken.runs_dir) / stage / "broken")] == [1, 2, 3, 4]
     resumed = run_stage(broken, resume=True, log=None)             # continues from step 3
     a, b = _log(straight), _log(resumed)
