@@ -30,10 +30,12 @@ class Post:
     rationale: str | None = None           # teacher rationale for Fine-tune-CoT, if any
     ocr: str = ""                          # words read from the image (CMKP side file)
     attributes: tuple[str, ...] = field(default=())  # predicted image attributes (CMKP side file)
+    missing_image: str | None = None       # the image the source named but that was not found
+                                           # (the post is text-only; written back as `image`)
 
     def to_json(self) -> dict:
         """The JSONL record; empty optional fields are left out to keep files small."""
-        out = {"id": self.id, "text": self.text, "image": self.image,
+        out = {"id": self.id, "text": self.text, "image": self.image or self.missing_image,
                "keyphrases": list(self.keyphrases)}
         if self.rationale is not None:
             out["rationale"] = self.rationale
@@ -76,18 +78,19 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line for _, line in _lines(Path(path))]
 
 
-def _resolve_image(name: str | None, base: Path, image_root: Path | None) -> str | None:
-    """Path of an existing image file, or None (a text-only post)."""
+def _resolve_image(name: str | None, base: Path, image_root: Path | None) -> dict:
+    """`{"image": path}` of an existing image file, else `{"missing_image": name}` when the
+    source named one (a text-only post either way); `{}` when it named none."""
     if not name:
-        return None
+        return {}
     candidates = [Path(name)] if Path(name).is_absolute() else []
     if image_root is not None:
         candidates += [image_root / name, image_root / Path(name).name]
     candidates.append(base / name)
     for c in candidates:
         if c.is_file():
-            return str(c)
-    return None
+            return {"image": str(c)}
+    return {"missing_image": name}
 
 
 # ---------------------------------------------------------------- CMKP
@@ -123,7 +126,7 @@ def read_cmkp(path: str | os.PathLike, *, ocr: str | os.PathLike | None = None,
             raise InputError(f"{path}:{number}: no keyphrases")
         image_name = url.rstrip("/").rsplit("/", 1)[-1] if url else None
         posts.append(Post(id=f"{path.stem}-{number}", text=text,
-                          image=_resolve_image(image_name, path.parent, root),
+                          **_resolve_image(image_name, path.parent, root),
                           keyphrases=keyphrases))
     for name, lines in side.items():
         if len(lines) != len(posts):
@@ -171,7 +174,7 @@ def post_from_json(obj, where: str, base: Path, image_root: Path | None) -> Post
     if not isinstance(ocr, str):
         raise InputError(f"{where}: 'ocr' must be a string")
     return Post(id=str(obj.get("id", where)), text=text.strip(),
-                image=_resolve_image(image, base, image_root),
+                **_resolve_image(image, base, image_root),
                 keyphrases=_str_list(obj.get("keyphrases"), where, "keyphrases"),
                 rationale=rationale, ocr=ocr.strip(),
                 attributes=_str_list(obj.get("attributes"), where, "attributes"))

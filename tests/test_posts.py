@@ -80,3 +80,14 @@ def test_side_files_must_be_line_aligned(tmp_path):
     (tmp_path / "o.txt").write_text("only one\n")
     with pytest.raises(InputError, match="line-aligned"):
         read_cmkp(tmp_path / "s.txt", ocr=tmp_path / "o.txt")
+
+
+def test_a_named_but_missing_image_is_remembered_and_written_back(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("a cat<sep>cats<sep>https://x/media/gone.jpg\nno url<sep>dogs<sep>\n")
+    named, unnamed = read_cmkp(src)
+    assert named.image is None and named.missing_image == "gone.jpg"
+    assert unnamed.image is None and unnamed.missing_image is None
+    write_jsonl([named], tmp_path / "p.jsonl")
+    back = read_jsonl(tmp_path / "p.jsonl")[0]
+    assert back.image is None and back.missing_image == "gone.jpg"     # the name survives

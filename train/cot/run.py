@@ -41,7 +41,8 @@ def _record(post: Post, teacher: Teacher, config: CotDataConfig, **fields) -> di
 async def process_post(post: Post, teacher: Teacher, config: CotDataConfig) -> dict:
     """Ask the teacher about one post (up to `samples` times) and build its record."""
     loaded = open_image(post.image) if post.image else LoadedImage(None)
-    base = {"image_problem": loaded.problem}
+    base = {"image_problem": loaded.problem or (f"image not found: {post.missing_image}"
+                                                if post.missing_image else None)}
     if not gold_phrases(post.keyphrases):
         return _record(post, teacher, config, reason=NO_GOLD, detail="not sent: no gold keyphrases",
                        **base)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mmkp_edge.errors import InputError
-from mmkp_edge.posts import SEP, Post, is_jsonl, json_lines, read_lines, read_posts
+from mmkp_edge.posts import Post, read_posts
 
 from .. import rundir
 from ..student import ADAPTER_DIR, MERGED_DIR, ImageStats, resolve_source
@@ -34,22 +34,11 @@ class StageInputs:
     missing_images: int                # posts whose image file does not exist (now text-only)
 
 
-def _named_images(path: str, limit: int) -> int:
-    """How many of the file's first `limit` posts (0 = all) name an image at all."""
-    if is_jsonl(path):
-        named = [isinstance(obj, dict) and bool(obj.get("image")) for _, _, obj in json_lines(path)]
-    else:
-        named = [len(parts) == 3 and bool(parts[2].strip())
-                 for parts in (line.split(SEP) for line in read_lines(path))]
-    return sum(named[:limit] if limit else named)
-
-
 def _read(path: str, image_root: str | None, limit: int) -> tuple[list[Post], int]:
-    """Posts, and how many of them name an image that was not found (the reader made them
-    text-only, see `mmkp_edge.posts`)."""
+    """Posts, and how many of them name an image that was not found (now text-only)."""
     posts = read_posts(path, image_root=image_root)
     posts = posts[:limit] if limit else posts
-    return posts, _named_images(path, limit) - sum(p.image is not None for p in posts)
+    return posts, sum(p.missing_image is not None for p in posts)
 
 
 def _rationales(config: StageConfig, posts: list[Post]) -> dict[str, str]:
