@@ -86,4 +86,9 @@ def _contract() -> dict:
             "targets": [direct_target(["{kp}"]), reasoning_target("{why}", ["{kp}"])]}
 
 
-PROMPT_HASH = hashlib.sha256(json.dumps(_contract(), sort_keys=True).encode()).hexdigest()[:16]
+def contract_hash() -> str:
+    """16 hex digits of sha256 over the contract as data."""
+    return hashlib.sha256(json.dumps(_contract(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+PROMPT_HASH = contract_hash()

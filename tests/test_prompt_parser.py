@@ -66,8 +66,13 @@ def test_messages_put_the_image_first_and_only_when_present():
     assert "Text in the image: stop" in prompt.user_text("hello", ocr=" stop ")
 
 
-def test_prompt_hash_is_stable_hex():
-    assert len(prompt.PROMPT_HASH) == 16 and int(prompt.PROMPT_HASH, 16) >= 0
+def test_prompt_hash_covers_the_contract(monkeypatch):
+    assert prompt.contract_hash() == prompt.PROMPT_HASH
+    monkeypatch.setattr(prompt, "INSTRUCTION", prompt.INSTRUCTION + " Be brief.")
+    assert prompt.contract_hash() != prompt.PROMPT_HASH              # a changed instruction is a new prompt
+    monkeypatch.undo()
+    monkeypatch.setattr(prompt, "KEYPHRASE_SEP", ", ")
+    assert prompt.contract_hash() != prompt.PROMPT_HASH              # so is a changed target format
 
 
 @pytest.mark.parametrize("text, expected", [
