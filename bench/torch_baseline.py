@@ -1,8 +1,8 @@
 """The torch baseline: the student checkpoint through transformers `generate`, timed like a bundle.
 
 Same posts, same prompts (train.collate.prompt_batch renders them through the one prompt contract),
-greedy, the same token budget and stop ids as the runtime (eos or `</answer>`; think mode `off`
-also masks `<think>`/`</think>`, as the runtime does). A logits processor that only records a
+greedy, the same token budget and the same decoding rules as the runtime (`mmkp_edge.decoding`:
+stop at an end token or `</answer>`; think mode `off` masks `<think>`/`</think>`). A logits processor that only records a
 timestamp at every step gives time to first token and per-step cost from inside `generate`, so
 both sides are timed the same way. Eager attention, float32: what a user gets from
 `from_pretrained` on a CPU. Needs the `train` extra (torch, transformers).
@@ -71,13 +71,7 @@ class TorchVariant:
         student = load_student(source, attn_implementation="eager")
         self.load_s = clock() - start
         self.model, self.processor = student.model.eval(), student.processor
-        tok = self.tokenizer = self.processor.tokenizer
-        gen_eos = self.model.generation_config.eos_token_id
-        extra = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        # the runtime's stops: eos ids and </answer> (mmkp_edge.predictor.KeyphrasePredictor)
-        self.stop_ids = sorted({tok.eos_token_id, tok.convert_tokens_to_ids(prompt.ANSWER_CLOSE),
-                                *(e for e in extra if e is not None)})
-        self.think_ids = tok.convert_tokens_to_ids([prompt.THINK_OPEN, prompt.THINK_CLOSE])
+        self.tokenizer = self.processor.tokenizer
 
     def describe(self) -> dict:
         params = sum(p.numel() for p in self.model.parameters())
@@ -85,23 +79,19 @@ class TorchVariant:
                 "attention": "eager", "parameters": params, "load_s": round(self.load_s, 3),
                 "torch_threads": self.torch.get_num_threads()}
 
-    def _cut(self, row: list[int]) -> list[int]:
-        for i, t in enumerate(row):
-            if t in self.stop_ids:
-                return row[:i + 1]
-        return row
-
     def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
         from train.collate import prompt_batch
+        from train.tokens import decoding_rules
         from transformers import LogitsProcessorList
 
         t0 = clock()
         batch = prompt_batch(self.processor, posts, think)
         prep = clock() - t0
-        steps = _StepClock(self.think_ids if think == "off" else ())
+        rules = decoding_rules(self.model, self.tokenizer, think)
+        steps = _StepClock(rules.suppress_ids)
         with self.torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                      num_beams=1, eos_token_id=self.stop_ids,
+                                      num_beams=1, eos_token_id=list(rules.stop_ids),
                                       pad_token_id=self.tokenizer.pad_token_id,
                                       logits_processor=LogitsProcessorList([steps]))  # (B, T+new)
         end = clock() - t0
@@ -109,7 +99,7 @@ class TorchVariant:
         stamps = [s - t0 for s in steps.stamps]
         outputs, finish = [], []
         for row in new:
-            tokens = self._cut(row)
+            tokens = rules.cut(row)
             finish.append(stamps[min(len(tokens), len(stamps)) - 1])
             outputs.append(self.output(tokens, think))
         return BatchRun(prep_s=prep, ttft_s=stamps[0], end_s=end, decode_steps=len(stamps) - 1,

@@ -19,6 +19,8 @@ from mmkp_edge import prompt
 from mmkp_edge.manifest import (MANIFEST_NAME, ChatInfo, FileInfo, ImageInfo, Manifest, ModelInfo,
                                 PromptInfo, SpecialTokens, TokenizerInfo, file_info)
 
+from train.tokens import end_ids
+
 from .graphs import OPSET
 from .source import Source, check_tokenizer
 from .wrappers import DecoderShape
@@ -42,11 +44,7 @@ def write_tokenizer(src: Source, out_dir: Path) -> Path:
 def special_tokens(src: Source) -> SpecialTokens:
     tok = src.processor.tokenizer
     tags = check_tokenizer(tok)
-    eos = [tok.eos_token_id]
-    gen_eos = src.model.generation_config.eos_token_id
-    for extra in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
-        if extra is not None and extra not in eos:
-            eos.append(int(extra))
+    eos = end_ids(src.model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return SpecialTokens(pad=int(pad), eos=tuple(int(e) for e in eos),
                          image=int(src.processor.image_token_id),

@@ -49,6 +49,7 @@ def summary(report: ExportReport) -> str:
     if "keyphrase_agreement" in v.get("agreement", {}):
         a = v["agreement"]
         lines.append(f"agree    {report.precision} vs fp32 keyphrases {a['keyphrase_agreement']:.3f} "
+                     f"on {a['posts']} posts "
                      f"(tokens {a['token_sequence_agreement']:.3f}; gate {a['min_agreement']:g})")
     lines.append(f"status   {report.status}")
     return "\n".join(lines)
@@ -73,12 +74,17 @@ def summary(report: ExportReport) -> str:
               help="int8 weights per scale.")
 @click.option("--new-tokens", type=int, default=ValidateConfig.new_tokens, show_default=True,
               help="Greedy tokens compared per probe post.")
+@click.option("--probe", "probe_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Agreement gate on the first --probe-posts posts of this JSONL / CMKP file "
+                   "[default: synthetic probe posts].")
+@click.option("--probe-posts", type=int, default=ValidateConfig.agreement_posts, show_default=True,
+              help="Posts in the int8 / fp16 agreement gate.")
 @click.option("--stage", default=None, help="Training stage to record [default: from the run dir].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | None, validate: bool,
-        min_agreement: float, block_size: str, new_tokens: int, stage: str | None, overwrite: bool,
-        as_json: bool) -> int:
+        min_agreement: float, block_size: str, new_tokens: int, probe_file: str | None,
+        probe_posts: int, stage: str | None, overwrite: bool, as_json: bool) -> int:
     """Export the student at SOURCE (hub id, checkpoint folder, or run dir with merged/ or
     adapter/) as an ONNX bundle for mmkp-predict. With --int8/--fp16, SOURCE may also be a
     validated fp32 bundle: its graphs are converted without re-tracing.
@@ -95,7 +101,10 @@ def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | 
         raise click.UsageError("choose one of --int8, --fp16 and --mlx")
     if q_bits and not mlx:
         raise click.UsageError("--q-bits goes with --mlx (ONNX int8 is --int8)")
-    checks = ValidateConfig(min_agreement=min_agreement, new_tokens=new_tokens)
+    if probe_posts < 2:
+        raise click.UsageError("--probe-posts must be at least 2")
+    checks = ValidateConfig(min_agreement=min_agreement, new_tokens=new_tokens,
+                            agreement_posts=probe_posts, probe_file=probe_file)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     if mlx:
         from .mlx_export import MlxExportConfig, export_mlx

@@ -30,7 +30,8 @@ from .bundle_writer import GRAPH_FILES, build_manifest, hash_files, with_validat
 from .graphs import export_all
 from .quantize import QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_int8
 from .source import load_source
-from .validate import ValidateConfig, check_agreement, check_greedy, check_logits, probe_posts
+from .validate import (ValidateConfig, agreement_probe, check_agreement, check_greedy, check_logits,
+                       probe_posts)
 from .wrappers import family_parts
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -187,8 +188,8 @@ def derive_bundle(cfg: ExportConfig, say: Callable[[str], None]) -> ExportReport
         manifest.save(target)
         validation = {"status": "skipped"}
         if cfg.validate:
-            posts = probe_posts(tmp / "probe", cfg.checks.probe_posts)
-            say(f"validating: {cfg.precision} keyphrase agreement with fp32")
+            posts = agreement_probe(tmp / "probe", cfg.checks)
+            say(f"validating: {cfg.precision} keyphrase agreement with fp32 ({len(posts)} posts)")
             agreement = _guarded(lambda: check_agreement(source, target, posts, cfg.checks))
             validation = {"status": "passed" if agreement["passed"] else "failed",
                           "reference": {"bundle": str(source), **reference.validation},
@@ -216,7 +217,8 @@ def _validate(src, parts, image_size: int, fp32_dir: Path, target: Path, tmp: Pa
     say(f"validating: greedy tokens, runtime vs torch ({len(posts)} posts, left-padded)")
     result["greedy"] = _guarded(lambda: check_greedy(src.model, src.processor, fp32_dir, posts, checks))
     if cfg.precision != "fp32":
-        say(f"validating: {cfg.precision} keyphrase agreement with fp32")
-        result["agreement"] = _guarded(lambda: check_agreement(fp32_dir, target, posts, checks))
+        probe = agreement_probe(tmp / "agreement", checks)
+        say(f"validating: {cfg.precision} keyphrase agreement with fp32 ({len(probe)} posts)")
+        result["agreement"] = _guarded(lambda: check_agreement(fp32_dir, target, probe, checks))
     passed = all(part["passed"] for part in result.values())
     return {"status": "passed" if passed else "failed", **result}

@@ -43,7 +43,7 @@ from mmkp_edge.phrases import stem_key
 from .bundle_writer import build_manifest, hash_files, with_validation, write_tokenizer
 from .exporter import ExportConfig, ExportReport
 from .source import Source, load_source
-from .validate import ValidateConfig, _until_stop, probe_posts, runtime_tokens, stop_ids
+from .validate import ValidateConfig, probe_posts, rules, runtime_tokens
 from .wrappers import decoder_shape
 
 Q_BITS = (8, 4)
@@ -141,11 +141,11 @@ def check_against_torch(src: Source, bundle: Path, posts, cfg: MlxExportConfig) 
     preds, manifest = runtime_tokens(bundle, posts, cfg.checks)
     reference = generate_batch(src.model, src.processor, posts, think=cfg.checks.think,
                                max_new_tokens=cfg.checks.new_tokens)
-    stops = stop_ids(manifest)
+    r = rules(manifest, cfg.checks)
     same_tokens = same_kp = 0
     mismatches = []
     for post, ref, got in zip(posts, reference, preds):
-        a, b = _until_stop(ref.token_ids, stops), _until_stop(got.token_ids, stops)
+        a, b = r.cut(ref.token_ids), r.cut(got.token_ids)
         same_tokens += a == b
         same_kp += ([stem_key(k) for k in parse(ref.text).keyphrases]
                     == [stem_key(k) for k in got.keyphrases])

@@ -64,19 +64,13 @@ def run_record(source: str | os.PathLike) -> tuple[str, dict | None]:
 
 def check_tokenizer(tokenizer) -> dict[str, int]:
     """Ids of the prompt's tags; each must be one token of its own (else: one-line refusal)."""
-    ids = {}
-    missing = []
-    for tag in prompt.SPECIAL_TOKENS:
-        encoded = tokenizer(tag, add_special_tokens=False)["input_ids"]
-        tid = tokenizer.convert_tokens_to_ids(tag)
-        if len(encoded) != 1 or tid is None or encoded[0] != tid or tid == tokenizer.unk_token_id:
-            missing.append(tag)
-        else:
-            ids[tag] = tid
+    from train.tokens import missing_tags, tag_id
+
+    missing = missing_tags(tokenizer)
     if missing:
         raise InputError(f"the source's tokenizer lacks the prompt's tokens {' '.join(missing)} "
                          f"(prompt {prompt.PROMPT_ID}); export a student trained with mmkp-train")
-    return ids
+    return {tag: tag_id(tokenizer, tag) for tag in prompt.SPECIAL_TOKENS}
 
 
 def load_source(source: str | os.PathLike, stage: str | None = None) -> Source:

@@ -8,11 +8,12 @@
    runs) against the PyTorch student's greedy generation (train.generation.generate_batch), on one
    left-padded batch of probe posts with and without images: the token ids must be identical.
 3. `check_agreement` — for int8 / float16 bundles: greedy keyphrases of the new bundle against the
-   fp32 bundle on the fixed probe set; the share of posts with the same keyphrases (after stemming)
-   must reach `min_agreement`.
+   fp32 bundle on `agreement_posts` probe posts (64 by default: 8 posts resolve agreement only in
+   steps of 12.5 %), real ones when `probe_file` names a posts file; the share of posts with the
+   same keyphrases (after stemming) must reach `min_agreement`.
 
-Both generators are compared up to the runtime's stop ids (eos or `</answer>`): torch's generate
-stops only at eos, the runtime also at `</answer>`, and nothing after a stop is ever used.
+Both generators follow `mmkp_edge.decoding`'s rules (stop at an end token or `</answer>`, tags
+masked when think=off) and are compared on their tokens up to and including the stop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmkp_edge.decoding import DecodingRules, rules_for_manifest
 from mmkp_edge.manifest import Manifest
 from mmkp_edge.phrases import stem_key
 from mmkp_edge.posts import Post
@@ -47,13 +49,15 @@ PROBE_IMAGE_SIZES = ((40, 56), (64, 48), (33, 90), (120, 80), (48, 48))   # (wid
 class ValidateConfig:
     atol: float = 1e-3            # max |Δ| allowed between ORT and torch (logits, features, K/V)
     new_tokens: int = 16          # greedy tokens compared per probe post
-    probe_posts: int = 8          # posts in the greedy batch / agreement probe set
+    probe_posts: int = 8          # posts in the greedy batch (runtime vs torch, one batch)
+    agreement_posts: int = 64     # posts in the int8 / fp16 agreement probe
+    probe_file: str | None = None # agreement on the first posts of this JSONL / CMKP file instead
     min_agreement: float = 0.95   # int8 / fp16: share of probe posts with the fp32 keyphrases
-    think: str = "auto"           # think mode of the probe prompts (no logits are suppressed)
+    think: str = "auto"           # think mode of the probe prompts
 
     def validate(self) -> "ValidateConfig":
-        if self.atol <= 0 or self.new_tokens < 1 or self.probe_posts < 2:
-            raise ValueError("atol must be > 0, new_tokens ≥ 1 and probe_posts ≥ 2")
+        if self.atol <= 0 or self.new_tokens < 1 or self.probe_posts < 2 or self.agreement_posts < 2:
+            raise ValueError("atol must be > 0, new_tokens ≥ 1, probe_posts and agreement_posts ≥ 2")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
         return self
@@ -73,8 +77,22 @@ def probe_posts(folder: Path, count: int, seed: int = 0) -> list[Post]:
             w, h = PROBE_IMAGE_SIZES[(i // 2) % len(PROBE_IMAGE_SIZES)]
             image = str(folder / f"probe_{i}.png")
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(image)
-        posts.append(Post(id=f"probe-{i}", text=PROBE_TEXTS[i % len(PROBE_TEXTS)], image=image))
+        text = PROBE_TEXTS[i % len(PROBE_TEXTS)]
+        if i >= len(PROBE_TEXTS):                        # past the first round: pairs of texts
+            text += " " + PROBE_TEXTS[(i // len(PROBE_TEXTS) + i) % len(PROBE_TEXTS)].lower()
+        posts.append(Post(id=f"probe-{i}", text=text, image=image))
     return posts
+
+
+def agreement_probe(folder: Path, cfg: ValidateConfig) -> list[Post]:
+    """The agreement probe: the first `agreement_posts` posts of `probe_file`, or synthetic ones."""
+    if cfg.probe_file:
+        from mmkp_edge.posts import read_posts
+        posts = read_posts(cfg.probe_file)[:cfg.agreement_posts]
+        if len(posts) < 2:
+            raise ValueError(f"{cfg.probe_file}: needs at least 2 posts for the agreement probe")
+        return posts
+    return probe_posts(folder, cfg.agreement_posts)
 
 
 # ---------------------------------------------------------------- 1. logits
@@ -129,27 +147,17 @@ def check_logits(parts: GraphModules, bundle: Path, image_size: int, atol: float
 
 # ---------------------------------------------------------------- 2. greedy parity
 
-def _until_stop(tokens, stops: set[int]) -> list[int]:
-    """Tokens before the first stop id (torch's generate stops only at eos, the runtime also at
-    `</answer>`; what follows a stop is never used)."""
-    out = []
-    for t in tokens:
-        if t in stops:
-            return out
-        out.append(int(t))
-    return out
+def rules(manifest: Manifest, cfg: ValidateConfig) -> DecodingRules:
+    return rules_for_manifest(manifest.special_tokens, cfg.think)
 
 
-def stop_ids(manifest: Manifest) -> set[int]:
-    return {*manifest.special_tokens.eos, manifest.special_tokens.answer_close}
-
-
-def runtime_tokens(bundle: Path, posts: list[Post], cfg: ValidateConfig):
-    """The torch-free runtime's greedy output for the posts, as one left-padded batch."""
+def runtime_tokens(bundle: Path, posts: list[Post], cfg: ValidateConfig, batch_size: int = 0):
+    """The torch-free runtime's greedy output for the posts, as one left-padded batch (or batches
+    of `batch_size`: batched output equals one-by-one output, so this changes no token)."""
     from mmkp_edge.predictor import KeyphrasePredictor
 
     predictor = KeyphrasePredictor.from_bundle(bundle)
-    preds = predictor.predict(posts, think=cfg.think, batch_size=len(posts),
+    preds = predictor.predict(posts, think=cfg.think, batch_size=batch_size or len(posts),
                               max_new_tokens=cfg.new_tokens)
     errors = [f"{p.id}: {p.error}" for p in preds if p.error]
     if errors:
@@ -164,10 +172,10 @@ def check_greedy(model, processor, bundle: Path, posts: list[Post], cfg: Validat
     preds, manifest = runtime_tokens(bundle, posts, cfg)
     reference = generate_batch(model, processor, posts, think=cfg.think,
                                max_new_tokens=cfg.new_tokens)
-    stops = stop_ids(manifest)
+    r = rules(manifest, cfg)
     same, mismatches = 0, []
     for post, ref, got in zip(posts, reference, preds):
-        a, b = _until_stop(ref.token_ids, stops), _until_stop(got.token_ids, stops)
+        a, b = r.cut(ref.token_ids), r.cut(got.token_ids)
         if a == b:
             same += 1
         else:
@@ -183,12 +191,12 @@ def check_greedy(model, processor, bundle: Path, posts: list[Post], cfg: Validat
 def check_agreement(reference: Path, candidate: Path, posts: list[Post],
                     cfg: ValidateConfig) -> dict:
     """Share of probe posts whose greedy keyphrases (stemmed) match the fp32 bundle's."""
-    ref, manifest = runtime_tokens(reference, posts, cfg)
-    got, _ = runtime_tokens(candidate, posts, cfg)
-    stops = stop_ids(manifest)
+    ref, manifest = runtime_tokens(reference, posts, cfg, batch_size=16)
+    got, _ = runtime_tokens(candidate, posts, cfg, batch_size=16)
+    r = rules(manifest, cfg)
     same_kp = sum([stem_key(k) for k in a.keyphrases] == [stem_key(k) for k in b.keyphrases]
                   for a, b in zip(ref, got))
-    same_tokens = sum(_until_stop(a.token_ids, stops) == _until_stop(b.token_ids, stops)
+    same_tokens = sum(r.cut(a.token_ids) == r.cut(b.token_ids)
                       for a, b in zip(ref, got))
     agreement = same_kp / len(posts)
     return {"posts": len(posts), "keyphrase_agreement": agreement,

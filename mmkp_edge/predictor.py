@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import prompt
 from .bundle import Bundle
+from .decoding import rules_for_manifest
 from .errors import InputError
 from .generate import Generator, Request
 from .images import open_image
@@ -99,7 +100,6 @@ class KeyphrasePredictor:
         self.bundle = bundle
         self.manifest = bundle.manifest
         st = self.manifest.special_tokens
-        self.stop_ids = (*st.eos, st.answer_close)
         self.tags = {st.think_open: prompt.THINK_OPEN, st.think_close: prompt.THINK_CLOSE,
                      st.answer_open: prompt.ANSWER_OPEN, st.answer_close: prompt.ANSWER_CLOSE}
 
@@ -161,10 +161,10 @@ class KeyphrasePredictor:
                   max_new_tokens: int | Sequence[int] = 96, **options) -> Generator:
         """A Generator wired with this bundle's token ids and the think mode's suppression."""
         st = self.manifest.special_tokens
+        rules = rules_for_manifest(st, think)
         return Generator(self.bundle.graphs, requests, image_token_id=st.image, pad_id=st.pad,
-                         stop_ids=self.stop_ids, max_new_tokens=max_new_tokens,
-                         suppress_ids=(st.think_open, st.think_close) if think == "off" else (),
-                         **options)
+                         stop_ids=rules.stop_ids, max_new_tokens=max_new_tokens,
+                         suppress_ids=rules.suppress_ids, **options)
 
     def _generate(self, batch: list[_Prepared], cfg: PredictConfig) -> list[Prediction]:
         gen = self.generator([p.request for p in batch], cfg.think, [p.budget for p in batch])

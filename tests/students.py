@@ -30,3 +30,44 @@ def train_briefly(tiny_dir: Path, probe_folder: Path, out: Path, steps: int = 40
     model.eval().save_pretrained(out)
     src.processor.save_pretrained(out)
     return out
+
+
+# ChatML as SmolLM2 / Qwen write it: string contents only, `<|im_end|>` ends a turn.
+CHATML_TEXT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def save_text_model(out: Path, seed: int = 0, tie: bool = True) -> Path:
+    """A tiny random *text-only* Llama checkpoint like SmolLM2-Instruct's: ChatML template,
+    `<|im_end|>` as eos, no image tokens and none of the prompt's tags (what `init-student` and
+    `load_student` must cope with)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from train.tiny import corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token=None)
+    fast.chat_template = CHATML_TEXT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=tie,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.15)       # large std: see train.tiny (small weights decode trivially)
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out

@@ -51,7 +51,7 @@ def test_pipeline_writes_four_comparable_run_dirs(pipeline_runs, inputs):
     for stage, path in pipeline_runs.items():
         preds = [json.loads(line) for line in open(path / "predictions.jsonl")]
         assert len(preds) == n_test == metrics[stage]["n_posts"]
-        assert set(preds[0]) == {"id", "text", "keyphrases", "thought", "n_tokens"}
+        assert set(preds[0]) == {"id", "text", "keyphrases", "thought", "n_tokens", "finish"}
         config = yaml.safe_load((path / "config.yaml").read_text())
         assert config["stage"] == stage and config["run"]["versions"]["torch"]
     assert [metrics[s]["think"] for s in metrics] == ["off", "off", "on", "auto"]

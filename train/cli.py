@@ -41,13 +41,14 @@ def cli(ctx: click.Context, recipe: str | None, overrides: tuple[str, ...]) -> N
 
 def _register() -> None:
     """Every subcommand lives beside the code it drives; add one line here for a new one."""
+    from .compose import init_student_command
     from .cot.command import cot_data_command
     from .demo.command import demo_command
     from .lora import merge_command
     from .stages.command import STAGE_COMMANDS, pipeline_command
     from .tiny import init_tiny_command
 
-    for command in (init_tiny_command, merge_command, cot_data_command, *STAGE_COMMANDS,
+    for command in (init_tiny_command, init_student_command, merge_command, cot_data_command, *STAGE_COMMANDS,
                     pipeline_command, demo_command):
         cli.add_command(command)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
+from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 from mmkp_edge.metrics import cmkp_source, score
 from mmkp_edge.parser import parse
@@ -54,7 +55,8 @@ def evaluate(model, processor, posts: Sequence[Post], think: str, *, batch_size:
                                                    stats)):
             parsed = parse(gen.text)
             predictions.append({"id": post.id, "text": gen.text, "keyphrases": parsed.keyphrases,
-                                "thought": parsed.thought, "n_tokens": gen.n_tokens})
+                                "thought": parsed.thought, "n_tokens": gen.n_tokens,
+                                "finish": gen.finish})
         if log is not None:
             print(f"{label}: {len(predictions)}/{len(posts)} posts", file=log, flush=True)
     n = len(posts)
@@ -64,5 +66,8 @@ def evaluate(model, processor, posts: Sequence[Post], think: str, *, batch_size:
     metrics = {"think": think, "n_posts": n, "scores": scores,
                "think_rate": sum(r["thought"] for r in predictions) / n if n else 0.0,
                "tokens_per_post": sum(r["n_tokens"] for r in predictions) / n if n else 0.0,
+               # outputs that closed the answer span and stopped before the budget ran out
+               "closed_rate": sum(r["finish"] == "stop" and prompt.ANSWER_CLOSE in r["text"]
+                                  for r in predictions) / n if n else 0.0,
                "eval_wall_s": time.perf_counter() - t0}
     return Evaluation(metrics, predictions)

@@ -3,7 +3,7 @@
 Stages hand the loop a `TargetPlan`: given a micro-batch of posts (and the model, for Dynamic CoT's
 scoring pass) it returns each post's target string and whether it is a reasoning target. The loop
 owns everything else: AdamW on the trainable parameters, warmup + cosine/linear decay, gradient
-accumulation, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, a per-step JSONL log and a
+accumulation, bf16 autocast (train.precision, see train.precision), gradient clipping, a per-step JSONL log and a
 stderr progress line, and checkpoints that resume exactly.
 
 Exact resume rests on one rule: *everything a step does is a function of the step number and the
@@ -42,6 +42,7 @@ import torch
 from mmkp_edge.errors import InputError
 from mmkp_edge.posts import Post
 
+from .precision import autocast, autocast_dtype
 from .collate import IGNORE, train_batch
 from .distributed import World, current
 from .resume import checkpoints, load_checkpoint, rng_tensors, save_checkpoint
@@ -62,7 +63,8 @@ class LoopConfig:
     max_grad_norm: float = 1.0     # clip the global grad norm (0 = off)
     seed: int = 0                  # LoRA init, dropout and data order
     tuning: Literal["lora", "full"] = "lora"   # adapters only, or every language-model weight
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU;
+                                   # bf16: autocast on CUDA or a bf16 CPU (train.precision)
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     cpu_threads: int = 0           # torch CPU threads for training and eval (0 = torch's default;
                                    # 1 is far faster for tiny models on a busy machine)
@@ -158,10 +160,10 @@ class TrainSummary:
 
 # ---------------------------------------------------------------- the loop
 
-def _batch_nll(model, batch: dict[str, torch.Tensor], autocast: bool) -> torch.Tensor:
+def _batch_nll(model, batch: dict[str, torch.Tensor], device_type: str, amp) -> torch.Tensor:
     """Summed NLL of the batch's supervised tokens (the caller divides by the global count)."""
     labels = batch.pop("labels")
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with autocast(device_type, amp):
         logits = model(**batch).logits                                      # (B, T, V)
     logits, labels = logits[:, :-1].float(), labels[:, 1:]                  # (B, T-1, V), (B, T-1)
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
@@ -211,7 +213,7 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
     run_dir = Path(run_dir)
     ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
     device = next(model.parameters()).device
-    autocast = device.type == "cuda" and cfg.precision != "fp32"
+    amp = autocast_dtype(cfg.precision, device.type)                  # None = fp32
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -272,7 +274,7 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
                 n = int(counts[1])                           # supervised tokens, all ranks
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with world.no_sync(ddp, sync=micro == cfg.grad_accum - 1):
-                    nll = _batch_nll(ddp, batch, autocast)
+                    nll = _batch_nll(ddp, batch, device.type, amp)
                     # DDP averages gradients over ranks: × size makes it the global token mean
                     (nll * (world.size / max(n, 1) / cfg.grad_accum)).backward()
                 losses.append(float(world.sum(nll.detach())) / max(n, 1))

@@ -21,6 +21,7 @@ from mmkp_edge.images import open_image
 from mmkp_edge.posts import Post
 
 from .families import StudentFamily, family_of
+from .tokens import ensure_contract_tokens
 
 ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
 
@@ -57,6 +58,7 @@ def resolve_source(source: str | os.PathLike) -> tuple[str, str | None]:
 def load_student(source: str | os.PathLike, *, dtype=None, device="cpu",
                  image_splitting: bool = False, attn_implementation: str | None = None) -> Student:
     """Load model, processor and family. `dtype` defaults to float32; the model is in eval mode.
+    A checkpoint without the prompt's tags gets them here (`train.tokens.ensure_contract_tokens`).
 
     A run dir with only an adapter gives a peft model (adapter weights frozen; see
     `train.lora.load_adapter` to continue training one).
@@ -67,6 +69,7 @@ def load_student(source: str | os.PathLike, *, dtype=None, device="cpu",
                               attn_implementation=attn_implementation)
     has_own_processor = adapter is not None and (Path(adapter) / "processor_config.json").is_file()
     processor = family.load_processor(adapter if has_own_processor else checkpoint)
+    ensure_contract_tokens(model, processor)        # a real checkpoint lacks the prompt's tags
     if adapter:
         from .lora import load_adapter
         model = load_adapter(model, adapter)

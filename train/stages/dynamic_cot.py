@@ -20,6 +20,7 @@ from ..collate import sample_losses, train_batch
 from ..distributed import current
 from ..gate import Gate, GateConfig, choose_reasoning, quantile_gamma
 from ..loop import Targets
+from ..precision import autocast, autocast_dtype
 
 STAGE = "dynamic_cot"
 THINK = "auto"
@@ -48,7 +49,7 @@ def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0) 
             batch = train_batch(processor, chunk, [prompt.direct_target(p.keyphrases) for p in chunk])
             labels = batch.pop("labels").to(device)                           # (B, T)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device.type, autocast_dtype("auto", device.type)):
                 logits = model(**batch).logits                                 # (B, T, V)
             out += world.gather(sample_losses(logits, labels).tolist())
     finally:

@@ -91,7 +91,7 @@ def _trainable_model(student, config: StageConfig):
     torch.manual_seed(config.train.seed)             # LoRA init
     if config.train.tuning == "lora":
         from ..lora import apply_lora
-        return apply_lora(student.model, student.family, config.lora)
+        return apply_lora(student.model, student.family, config.lora, student.processor.tokenizer)
     model = student.model
     frozen = {id(p) for m in student.family.vision_modules(model) for p in m.parameters()}
     for p in model.parameters():

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The real CMKP run (README "Real CMKP results"), one command: `make real`, or
+#   bash bench/cmkp_real.sh STUDENT CMKP_DIR OUT
+# STUDENT is a composed student (`make student`), CMKP_DIR holds CMKP's valid/test files.
+# Trains on the first TRAIN_POSTS CMKP valid posts (text + OCR), evaluates zero-shot and SFT on
+# the first TEST_POSTS CMKP test posts, exports the SFT student fp32 + int8 and measures their
+# agreement on AGREE_POSTS test posts, then prints the table with the baselines. Subsets keep it
+# inside a few hours on 2 CPU cores; set them to 0 for everything.
+set -euo pipefail
+STUDENT=${1:?student checkpoint}; CMKP=${2:?CMKP folder}; OUT=${3:?output folder}
+TRAIN_POSTS=${TRAIN_POSTS:-2000}; TEST_POSTS=${TEST_POSTS:-300}; AGREE_POSTS=${AGREE_POSTS:-300}
+EPOCHS=${EPOCHS:-1}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
+export HF_HUB_OFFLINE=1
+mkdir -p "$OUT/data"
+for split in valid test; do
+  [ -f "$OUT/data/$split.jsonl" ] || "$BIN/mmkp-data" convert "$CMKP/${split}_src.txt" \
+    --ocr "$CMKP/${split}_ocr_final.txt" --attributes "$CMKP/${split}_attribute_cleaned.txt" \
+    -o "$OUT/data/$split.jsonl" --quiet
+done
+common=(--set runs_dir="$OUT/runs" --set name=smollm2 --set data.train="$OUT/data/valid.jsonl"
+        --set data.test="$OUT/data/test.jsonl" --set data.max_eval_posts="$TEST_POSTS")
+"$BIN/mmkp-train" zero-shot "${common[@]}" --set model="$STUDENT" --overwrite
+"$BIN/mmkp-train" sft "${common[@]}" --set model="$STUDENT" --set data.max_train_posts="$TRAIN_POSTS" \
+  --set train.epochs="$EPOCHS" --set train.precision="$PRECISION" --set train.log_every=25 --overwrite
+SFT="$OUT/runs/sft/smollm2"
+"$BIN/mmkp-export" "$SFT" -o "$OUT/bundle-fp32" --overwrite
+"$BIN/mmkp-export" "$OUT/bundle-fp32" -o "$OUT/bundle-int8" --int8 --overwrite \
+  || echo "cmkp_real: the int8 bundle failed its gate; measuring its agreement anyway" >&2
+"$BIN/mmkp-bench" run "$OUT/bundle-fp32" "$OUT/bundle-int8" --no-verify --posts "$OUT/data/test.jsonl" \
+  --posts-count "$AGREE_POSTS" --batch-sizes 16 --think off --warmup 0 --max-new-tokens 48 \
+  --markdown "$OUT/int8_agreement.md" | tail -n 1 > "$OUT/int8_agreement.json"
+"$BIN/python" -m bench.cmkp_table --train "$OUT/data/valid.jsonl" --test "$OUT/data/test.jsonl" \
+  --max-test "$TEST_POSTS" "$OUT/runs/zero_shot/smollm2" "$SFT" | tee "$OUT/table.md"

@@ -1,0 +1,150 @@
+"""init-student composes a working student from a text-only checkpoint, and the prompt's tags
+are added to a checkpoint that lacks them, initialised from their pieces, trained beside LoRA and
+kept through merge and reload."""
+
+import json
+
+import pytest
+import torch
+
+from mmkp_edge import prompt
+from mmkp_edge.posts import Post
+from students import save_text_model
+from train.cli import main
+from train.collate import train_batch
+from train.compose import compose
+from train.lora import LoraSettings, apply_lora, save_adapter
+from train.student import load_student
+from train.tokens import missing_tags, tag_id, text_pieces, trainable_token_ids
+from train.tiny import init_tiny
+
+POSTS = [Post("a", "Sunset at the beach tonight", None, ("sunset", "beach")),
+         Post("b", "Big game tonight, what a win", None, ("football",))]
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    return save_text_model(tmp_path_factory.mktemp("text") / "llama")
+
+
+@pytest.fixture(scope="module")
+def composed(text_dir, tmp_path_factory):
+    return compose(str(text_dir), tmp_path_factory.mktemp("student") / "s", vision="tiny-8-32")
+
+
+def _rel_close(a: torch.Tensor, b: torch.Tensor, ops: int) -> None:
+    """fp32 results of the same math by two code paths: each output is a sum over `ops` products,
+    so rounding differences stay within ~ops·2^-24 of the values' scale (×4 headroom)."""
+    scale = float(a.abs().max())
+    assert float((a - b).abs().max()) <= 4 * ops * 2.0 ** -24 * scale
+
+
+def test_composed_student_keeps_the_text_model(text_dir, composed):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(text_dir).eval()
+    tok = AutoTokenizer.from_pretrained(text_dir)
+    student = load_student(composed)
+    ids = tok("the storm hit the city last night", return_tensors="pt")["input_ids"]
+    assert student.processor.tokenizer(
+        "the storm hit the city last night", return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        want = lm(ids).logits                                                  # (1, T, V)
+        got = student.model(input_ids=ids).logits[..., :want.shape[-1]]       # (1, T, V')
+    _rel_close(got, want, ops=lm.config.num_hidden_layers * lm.config.intermediate_size)
+
+
+def test_composed_student_has_the_text_models_chat_format_and_end_token(composed):
+    student = load_student(composed)
+    tok = student.processor.tokenizer
+    assert missing_tags(tok) == []
+    assert tok.eos_token == "<|im_end|>"
+    text = student.processor.apply_chat_template(prompt.messages("hi", "", True),
+                                                 add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>user\n<image>") and text.endswith(
+        "<|im_end|>\n<|im_start|>assistant\n")
+    pieces = student.family.prompt_pieces(student.processor)        # self-checked against the template
+    assert pieces.eos_token == "<|im_end|>"
+
+
+def test_new_tag_rows_start_as_the_mean_of_their_pieces(composed):
+    student = load_student(composed)
+    tok = student.processor.tokenizer
+    emb = student.model.get_input_embeddings().weight
+    for tag in prompt.SPECIAL_TOKENS:
+        pieces = text_pieces(tok, tag)
+        assert len(pieces) >= 2 and tag_id(tok, tag) not in pieces
+        assert torch.allclose(emb[tag_id(tok, tag)], emb[pieces].mean(0))
+
+
+def _tagless_copy(src, dst):
+    """The tiny student with the prompt's tags removed from its tokenizer (a real checkpoint's
+    situation: SmolVLM-256M-Instruct ships without them)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = dst / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in prompt.SPECIAL_TOKENS]
+    path.write_text(json.dumps(data))
+    config = dst / "tokenizer_config.json"
+    cfg = json.loads(config.read_text())
+    for key in ("added_tokens_decoder",):
+        cfg[key] = {k: v for k, v in cfg.get(key, {}).items()
+                    if v["content"] not in prompt.SPECIAL_TOKENS}
+    config.write_text(json.dumps(cfg))
+    return dst
+
+
+def test_load_student_adds_missing_tags(tmp_path):
+    tagless = _tagless_copy(init_tiny(tmp_path / "tiny"), tmp_path / "tagless")
+    from transformers import AutoTokenizer
+    assert missing_tags(AutoTokenizer.from_pretrained(tagless)) == list(prompt.SPECIAL_TOKENS)
+    student = load_student(tagless)
+    tok = student.processor.tokenizer
+    assert missing_tags(tok) == []
+    assert student.model.get_input_embeddings().weight.shape[0] >= len(tok)
+    text = prompt.reasoning_target("why", ["kp"])
+    assert [tok.convert_ids_to_tokens(i) for i in tok(text, add_special_tokens=False)["input_ids"]
+            ][0] == prompt.THINK_OPEN
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lora_trains_the_tag_rows_and_merge_keeps_them(tmp_path, tie):
+    text = save_text_model(tmp_path / "llama", tie=tie)
+    student = load_student(compose(str(text), tmp_path / "s", vision="tiny-8-32"))
+    tok = student.processor.tokenizer
+    rows = trainable_token_ids(tok)
+    assert set(rows) >= {tag_id(tok, t) for t in prompt.SPECIAL_TOKENS} | {tok.eos_token_id}
+    emb0 = student.model.get_input_embeddings().weight.detach().clone()
+    head0 = student.model.get_output_embeddings().weight.detach().clone()
+    model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0), tok)
+    batch = train_batch(student.processor, POSTS, [prompt.direct_target(p.keyphrases) for p in POSTS])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        peft_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    save_adapter(model, student.processor, tmp_path / "run" / "adapter")
+    merged = model.merge_and_unload()
+    emb, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    for now, before in ((emb, emb0), (head, head0)):
+        moved = sorted(torch.nonzero((now - before).abs().sum(1) > 0).flatten().tolist())
+        assert moved == rows                         # exactly the contract's rows, in both matrices
+    # the run dir's adapter, loaded on its base, gives the same model as the one trained
+    reloaded = load_student(tmp_path / "run")
+    with torch.no_grad():
+        again = reloaded.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    scale = float(peft_logits.abs().max())
+    assert float((again - peft_logits).abs().max()) <= 1e-5 * scale
+
+
+def test_init_student_cli_refuses_a_missing_gguf(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["init-student", str(tmp_path / "s"), "--text", str(tmp_path / "none.gguf")])
+    assert exc.value.code == 2
+    assert not (tmp_path / "s").exists()
