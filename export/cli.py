@@ -74,6 +74,8 @@ def summary(report: ExportReport) -> str:
               help="int8 weights per scale.")
 @click.option("--new-tokens", type=int, default=ValidateConfig.new_tokens, show_default=True,
               help="Greedy tokens compared per probe post.")
+@click.option("--fp32-head", is_flag=True,
+              help="With --int8: keep lm_head (the logits MatMul) in float32.")
 @click.option("--probe", "probe_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Agreement gate on the first --probe-posts posts of this JSONL / CMKP file "
                    "[default: synthetic probe posts].")
@@ -83,7 +85,7 @@ def summary(report: ExportReport) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | None, validate: bool,
-        min_agreement: float, block_size: str, new_tokens: int, probe_file: str | None,
+        min_agreement: float, block_size: str, new_tokens: int, fp32_head: bool, probe_file: str | None,
         probe_posts: int, stage: str | None, overwrite: bool, as_json: bool) -> int:
     """Export the student at SOURCE (hub id, checkpoint folder, or run dir with merged/ or
     adapter/) as an ONNX bundle for mmkp-predict. With --int8/--fp16, SOURCE may also be a
@@ -115,7 +117,7 @@ def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | 
         precision = "int8" if int8 else "fp16" if fp16 else "fp32"
         report = export_bundle(ExportConfig(source=source, out=out, precision=precision,
                                             overwrite=overwrite, validate=validate, stage=stage,
-                                            int8=Int8Config(block_size=int(block_size)),
+                                            int8=Int8Config(block_size=int(block_size), keep_lm_head=fp32_head),
                                             checks=checks), progress=say)
     if as_json:
         click.echo(json.dumps(report.to_json()))

@@ -32,6 +32,7 @@ class Int8Config:
     block_size: int = 32          # input weights per scale (32 or 64)
     accuracy_level: int = 4       # MatMulNBits compute type: 4 = int8 activations (fast on CPU)
     symmetric: bool = True        # zero point fixed at 0
+    keep_lm_head: bool = False    # leave the logits MatMul (lm_head) in float32
 
     def validate(self) -> "Int8Config":
         if self.block_size not in (32, 64):
@@ -44,6 +45,7 @@ class Int8Config:
         """The manifest's `quantization` entry."""
         return {"method": "matmulnbits", "bits": 8, "block_size": self.block_size,
                 "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
+                "lm_head": "float32" if self.keep_lm_head else "int8",
                 "weight_only": True, "graphs": list(QUANTIZED_GRAPHS), "matmulnbits_nodes": nodes}
 
 
@@ -64,6 +66,20 @@ def count_ops(path: Path, op_type: str) -> int:
     return Counter(n.op_type for n in model.graph.node)[op_type]
 
 
+def logits_matmul(model: onnx.ModelProto) -> str | None:
+    """Name of the MatMul that produces the `logits` output (through reshapes / slices / casts)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    name = "logits"
+    for _ in range(16):
+        node = producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "MatMul":
+            return node.name
+        name = node.input[0]
+    return None
+
+
 def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
     """MatMulNBits int8 copy of the graph at `src` written to `dst`; returns the node count."""
     from onnxruntime.quantization import QuantFormat
@@ -75,9 +91,10 @@ def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                         accuracy_level=cfg.accuracy_level, bits=8,
                                         quant_format=QuantFormat.QOperator)
+    head = logits_matmul(model) if cfg.keep_lm_head else None
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=cfg.block_size,
-                                     is_symmetric=cfg.symmetric,
-                                     accuracy_level=cfg.accuracy_level, algo_config=algo)
+                                     is_symmetric=cfg.symmetric, accuracy_level=cfg.accuracy_level,
+                                     nodes_to_exclude=[head] if head else [], algo_config=algo)
     # the quantizer logs one INFO line per MatMul; progress is ours to report
     with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(
             "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):

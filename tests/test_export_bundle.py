@@ -151,7 +151,9 @@ def _matmulnbits(path):
 
 def test_int8_bundle_quantizes_every_linear_and_meets_the_gate(trained_dir, tmp_path, capsys):
     out = tmp_path / "int8"
-    assert main([str(trained_dir), "-o", str(out), "--int8", "--json"]) == 0
+    # the toy was trained on exactly the 8 first probe posts: only there are its choices peaked
+    # like a real student's (on 64 it agrees 0.94: untrained inputs flip under any rounding)
+    assert main([str(trained_dir), "-o", str(out), "--int8", "--json", "--probe-posts", "8"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "passed"
     agreement = report["validation"]["agreement"]
@@ -174,6 +176,28 @@ def test_int8_bundle_quantizes_every_linear_and_meets_the_gate(trained_dir, tmp_
     # the runtime serves it and the answers are real keyphrases, not an empty / degenerate output
     preds = KeyphrasePredictor.from_bundle(out).predict(["Storm hits the city tonight"], think="auto")
     assert preds[0].keyphrases and preds[0].finish == "stop"
+
+
+def test_int8_can_keep_the_lm_head_in_float32(fp32, tmp_path):
+    from export.quantize import Int8Config, logits_matmul
+
+    decoder = onnx.load(f"{fp32.bundle}/decoder_model_merged.onnx", load_external_data=False)
+    head = logits_matmul(decoder)
+    assert head and next(n for n in decoder.graph.node if n.name == head).op_type == "MatMul"
+    out = tmp_path / "int8-head"
+    export_bundle(ExportConfig(source=fp32.bundle, out=str(out), precision="int8", validate=False,
+                               int8=Int8Config(keep_lm_head=True)))
+    kept = onnx.load(f"{out}/decoder_model_merged.onnx", load_external_data=False)
+    assert any(n.name == head and n.op_type == "MatMul" for n in kept.graph.node)
+    assert _matmulnbits(f"{out}/decoder_model_merged.onnx") == \
+        _matmulnbits_of_default(fp32.bundle, tmp_path) - 1
+    assert Manifest.load(out).quantization["lm_head"] == "float32"
+
+
+def _matmulnbits_of_default(fp32_bundle, tmp_path):
+    out = tmp_path / "int8-default"
+    export_bundle(ExportConfig(source=fp32_bundle, out=str(out), precision="int8", validate=False))
+    return _matmulnbits(f"{out}/decoder_model_merged.onnx")
 
 
 def test_int8_gate_fails_on_a_chaotic_random_student(fp32, tmp_path, capsys):

@@ -123,7 +123,8 @@ def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
     run_dir = Path(pipeline.runs_dir) / "dynamic_cot" / pipeline.name
     report = export_bundle(ExportConfig(source=str(run_dir), out=str(bundle), precision="int8",
                                         overwrite=cfg.overwrite,
-                                        checks=ValidateConfig(min_agreement=cfg.min_agreement)))
+                                        checks=ValidateConfig(min_agreement=cfg.min_agreement,
+                                                              probe_file=str(data.test))))
     if not report.ok:
         raise InputError(f"export failed validation: {json.dumps(report.validation)}")
     times["export_s"] = time.perf_counter() - t

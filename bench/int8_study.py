@@ -1,0 +1,90 @@
+"""Which int8 settings keep a real student's keyphrases: agreement with fp32, size and speed.
+
+Each variant is derived from one validated fp32 bundle by `mmkp-export`'s own path (no re-tracing),
+then scored on the same real posts by the export gate's own check (`export.validate.check_agreement`:
+greedy keyphrases, stemmed, vs the fp32 bundle) and timed at batch 1 through the runtime's
+`Generator` (decode ms per step; prefill excluded). Prints a table, ends with one JSON line.
+
+    python -m bench.int8_study runs/real/bundle-fp32 --posts runs/real/data/test.jsonl --posts-count 300
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from mmkp_edge.posts import read_posts
+
+VARIANTS = {   # name → Int8Config fields
+    "b32": dict(block_size=32),
+    "b64": dict(block_size=64),
+    "b32+fp32 head": dict(block_size=32, keep_lm_head=True),
+    "b32 acc1": dict(block_size=32, accuracy_level=1),
+}
+
+
+def _decode_ms(bundle: Path, posts, tokens: int) -> float:
+    from mmkp_edge.predictor import KeyphrasePredictor
+
+    predictor = KeyphrasePredictor.from_bundle(bundle)
+    decode_s, steps = 0.0, 0
+    for post in posts:
+        gen = predictor.generator([predictor.request(post, "off")], "off", tokens)
+        gen.run()
+        decode_s, steps = decode_s + gen.times.decode_s, steps + gen.times.steps - 1
+    return 1000 * decode_s / max(1, steps)
+
+
+@click.command()
+@click.argument("fp32_bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--posts", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--posts-count", type=int, default=300, show_default=True)
+@click.option("--variants", default=",".join(VARIANTS), show_default=True)
+@click.option("--time-posts", type=int, default=8, show_default=True, help="Posts timed at batch 1.")
+@click.option("--new-tokens", type=int, default=48, show_default=True)
+def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_posts: int,
+         new_tokens: int) -> None:
+    """int8 variants of FP32_BUNDLE: agreement, bytes, decode ms/step (see module docstring)."""
+    from export import ExportConfig, export_bundle
+    from export.quantize import Int8Config
+    from export.validate import ValidateConfig, check_agreement
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise click.UsageError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    probe = [p.replace(image=None) for p in read_posts(posts)[:posts_count]]
+    checks = ValidateConfig(new_tokens=new_tokens, think="off", min_agreement=0.97)
+    ref = Path(fp32_bundle)
+    rows = [{"variant": "fp32", "bytes": sum(f.stat().st_size for f in ref.iterdir()),
+             "decode_ms_per_step": round(_decode_ms(ref, probe[:time_posts], new_tokens), 2)}]
+    with tempfile.TemporaryDirectory(prefix="int8-study-") as tmp:
+        for name in names:
+            out = Path(tmp) / name.replace(" ", "_").replace("+", "_")
+            t0 = time.perf_counter()
+            export_bundle(ExportConfig(source=str(ref), out=str(out), precision="int8",
+                                       validate=False, int8=Int8Config(**VARIANTS[name])))
+            click.echo(f"{name}: derived in {time.perf_counter() - t0:.0f} s; agreement on "
+                       f"{len(probe)} posts…", err=True)
+            agree = check_agreement(ref, out, probe, checks)
+            rows.append({"variant": name, "bytes": sum(f.stat().st_size for f in out.iterdir()),
+                         "keyphrase_agreement": round(agree["keyphrase_agreement"], 4),
+                         "token_sequence_agreement": round(agree["token_sequence_agreement"], 4),
+                         "decode_ms_per_step": round(_decode_ms(out, probe[:time_posts], new_tokens), 2)})
+            click.echo(json.dumps(rows[-1]), err=True)
+    fp32_bytes = rows[0]["bytes"]
+    click.echo(f"{'variant':<16}{'agree kp':>9}{'agree tok':>10}{'MB':>8}{'× fp32':>8}{'ms/step':>9}")
+    for r in rows:
+        click.echo(f"{r['variant']:<16}{r.get('keyphrase_agreement', 1.0):>9.3f}"
+                   f"{r.get('token_sequence_agreement', 1.0):>10.3f}{r['bytes'] / 1e6:>8.1f}"
+                   f"{r['bytes'] / fp32_bytes:>8.3f}{r['decode_ms_per_step']:>9.2f}")
+    click.echo(json.dumps({"study": "int8", "posts": len(probe), "new_tokens": new_tokens,
+                           "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
