@@ -148,3 +148,45 @@ def test_init_student_cli_refuses_a_missing_gguf(tmp_path):
         main(["init-student", str(tmp_path / "s"), "--text", str(tmp_path / "none.gguf")])
     assert exc.value.code == 2
     assert not (tmp_path / "s").exists()
+
+
+def _exact_rows(folder):
+    """A tagless composed checkpoint whose embedding has exactly one row per token (no spare rows
+    for the tags to land in: loading must grow it)."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    model.resize_token_embeddings(len(AutoTokenizer.from_pretrained(folder)), mean_resizing=False)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("base", ["tiny", "composed"])
+def test_an_adapter_trained_on_a_tagless_checkpoint_reloads_identically(tmp_path, text_dir, base):
+    """Base without tags → tags added at load → LoRA + tag rows trained → adapter saved; loading
+    the run dir re-adds the tags to the base the same way and gives the same model."""
+    if base == "tiny":
+        tagless = _tagless_copy(init_tiny(tmp_path / "tiny"), tmp_path / "tagless")
+    else:
+        src = compose(str(text_dir), tmp_path / "composed", vision="tiny-8-32")
+        tagless = _exact_rows(_tagless_copy(src, tmp_path / "tagless"))
+    student = load_student(tagless)
+    tok = student.processor.tokenizer
+    model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0), tok)
+    batch = train_batch(student.processor, POSTS, [prompt.direct_target(p.keyphrases) for p in POSTS])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = model(**inputs).logits
+    save_adapter(model, student.processor, tmp_path / "run" / "adapter")
+    again = load_student(tmp_path / "run")
+    assert missing_tags(again.processor.tokenizer) == []
+    with torch.no_grad():
+        got = again.model(**inputs).logits
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
