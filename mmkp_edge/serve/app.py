@@ -95,10 +95,12 @@ class Service:
         try:
             await asyncio.wait({answered, gone}, timeout=max(0.0, deadline - loop.time()),
                                return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:      # uvicorn gave up on us (drain timeout): free the rows
+        except asyncio.CancelledError:      # uvicorn's drain timed out: free the rows, say so
             self.scheduler.cancel(job, "shutdown")
             self.abandoned += len(job.slots)
-            raise
+            raise ApiError("the server shut down before this request finished; retry on another "
+                           "replica", status=503, code="draining", kind="draining",
+                           headers=self._retry()) from None
         finally:
             gone.cancel()
         if answered.done():
