@@ -106,7 +106,7 @@ def test_posts_joining_a_running_batch_get_their_one_by_one_output(bundle, predi
             wait_until(lambda: sched.queue_depth + sched.running_rows == before + len(wave),
                        what="the wave to be queued")
             joined_running.append(sched.running_rows)
-            server.gate.allow(3)                        # the wave joins, decodes 2 tokens
+            server.gate.allow(3)                        # 3 rounds: the wave joins, all decode
         server.gate.open()
         got = [a.result(60) for a in answers]
         client.close()
@@ -171,7 +171,7 @@ def test_a_client_that_disconnects_frees_its_row(bundle, predictor, one_by_one):
         sock.close()                                        # the client goes away mid-decode
         wait_until(lambda: metric(server.url, "mmkp_serve_errors_total", kind="disconnected") == 1,
                    what="the disconnect to be seen")
-        server.gate.allow(1)                                # next step boundary: its row is freed
+        server.gate.allow(1)                                # next round boundary: its row is freed
         assert sched.running_rows <= 1
         assert metric(server.url, "mmkp_serve_posts_total", finish="cancelled") == 1
         server.gate.open()

@@ -8,7 +8,9 @@ for its callback. Between decode steps the worker
   - admits waiting posts, oldest first, while fewer than `max_batch` rows are in use, with
     `Generator.add()` — the next step prefills them and aligns their KV cache with the running rows
     (mmkp_edge/generate.py), so each post's greedy output is its one-by-one output,
-  - steps every lane once and finishes each post the moment its row stops (`Generator.pop()`).
+  - steps every lane: the newcomers' prefill if any, then one token for every row (so arrivals
+    delay a running row by at most one prefill per token), finishing each post the moment its
+    row stops (`Generator.pop()`).
 Think modes decode in separate lanes, one Generator each built by `KeyphrasePredictor.generator()`,
 so a mode's decoding rules (e.g. think=off's suppression) stay where they are defined.
 The queue is bounded in posts: `submit()` raises Overloaded when full (→ 429) and Draining once
@@ -188,8 +190,10 @@ class Scheduler:
             if self.before_step is not None:
                 self.before_step()
             for lane in list(self._lanes.values()):
+                if lane.slots and lane.gen.pending:
+                    self._step(lane)            # the newcomers' prefill (the join)
                 if lane.slots:
-                    self._step(lane)
+                    self._step(lane)            # one token for every row: joins never starve decoding
         self._abort_all()
 
     def _abort_all(self) -> None:
@@ -241,9 +245,11 @@ class Scheduler:
         now = time.perf_counter()
         took = now - t0
         vision = gen.times.vision_s - vision_before
-        self.telemetry.batch.observe(len(emitted))
         self.telemetry.tokens.inc(len(emitted))
-        if not joining:
+        if joining:
+            self.telemetry.prefill.observe(len(emitted))
+        else:
+            self.telemetry.batch.observe(len(emitted))
             self.telemetry.step.observe(took)
         for index, _ in emitted:
             slot = lane.slots[index]

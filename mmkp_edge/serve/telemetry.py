@@ -3,7 +3,7 @@
 A registry per server (not prometheus_client's global one) so several servers in one process —
 the tests start many — never share or double-register series. What is measured is what an
 operator of a continuous-batching service needs to see: load (queue depth, rows in the running
-batch, rows per decoder step), latency (time to first token, decode step), output (generated
+batch, rows per decode step, posts per join prefill), latency (time to first token, decode step), output (generated
 tokens) and failures (requests by route and status, errors by kind).
 """
 
@@ -34,8 +34,10 @@ class Telemetry:
         self.queue_depth = Gauge("mmkp_serve_queue_depth", "Posts waiting to join the batch", registry=r)
         self.running = Gauge("mmkp_serve_running_batch_size",
                              "Posts in the running batch (all think modes)", registry=r)
-        self.batch = Histogram("mmkp_serve_batch_size", "Posts that produced a token in one decoder step",
+        self.batch = Histogram("mmkp_serve_batch_size", "Posts decoded together in one decode step",
                                buckets=BATCH_BUCKETS, registry=r)
+        self.prefill = Histogram("mmkp_serve_prefill_size", "Posts prefilled together when joining the batch",
+                                 buckets=BATCH_BUCKETS, registry=r)
         self.ttft = Histogram("mmkp_serve_ttft_seconds", "Arrival of a post to its first token",
                               buckets=TTFT_BUCKETS, registry=r)
         self.step = Histogram("mmkp_serve_decode_step_seconds", "One decode step of a running batch",
