@@ -26,9 +26,9 @@ from serve_harness import ThreadServer, metric
 from tiny_onnx import build_bundle
 
 
-def png(seed: int, h: int = 30, w: int = 40) -> bytes:
+def png(seed: int, h: int = 30, w: int = 40, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, fmt)
     return buf.getvalue()
 
 
@@ -95,6 +95,21 @@ def test_native_endpoint_answers_what_predict_answers(server, predictor):
     assert got[1]["text"].startswith("<answer>") and got[2]["generated_tokens"] <= 5
 
 
+def test_a_jpeg_in_base64_is_an_image_not_a_path(server, predictor):
+    jpeg = png(8, fmt="JPEG")
+    assert b64(jpeg).startswith("/9j/")                     # base64 of any JPEG starts with '/'
+    r = httpx.post(f"{server.url}/v1/keyphrases", json={"text": "x", "image": b64(jpeg), "max_new_tokens": 8},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["text"] == _reference(predictor, "x", jpeg, max_new_tokens=8).text
+
+
+def test_a_form_without_a_file(server, predictor):
+    r = httpx.post(f"{server.url}/v1/keyphrases", data={"text": "hello", "max_new_tokens": "6"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["text"] == _reference(predictor, "hello", max_new_tokens=6).text
+
+
 def test_multipart_upload(server, predictor):
     image = png(3)
     r = httpx.post(f"{server.url}/v1/keyphrases", data={"text": "sunset", "think": "on", "max_new_tokens": "12"},
@@ -156,6 +171,8 @@ BAD = [  # (request kwargs, status, param)
     ({"json": {"text": "ok", "image": b64(b"not an image")}}, 400, "image"),
     ({"json": {"text": "ok", "image": b64(png(5, 100, 100))}}, 400, "image"),
     ({"json": {"text": "ok", "image": "/etc/passwd"}}, 400, "image"),
+    ({"json": {"text": "ok", "image": "file:///etc/passwd"}}, 400, "image"),
+    ({"json": {"text": "ok", "image": "data:text/plain;base64,aGk="}}, 400, "image"),
     ({"json": {"text": "ok", "image": "https://example.com/a.jpg"}}, 400, "image"),
     ({"json": {"text": "", "image": None}}, 400, "text"),
     ({"json": {"text": "look <image> here"}}, 400, "text"),
@@ -235,7 +252,8 @@ def test_healthz_and_metrics(server):
     assert r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     for name in ("mmkp_serve_requests", "mmkp_serve_errors", "mmkp_serve_queue_depth",
-                 "mmkp_serve_running_batch_size", "mmkp_serve_batch_size", "mmkp_serve_ttft_seconds",
+                 "mmkp_serve_running_batch_size", "mmkp_serve_batch_size", "mmkp_serve_prefill_size",
+                 "mmkp_serve_ttft_seconds",
                  "mmkp_serve_decode_step_seconds", "mmkp_serve_generated_tokens"):
         assert name in families, name
     assert families["mmkp_serve_ttft_seconds"].type == "histogram"

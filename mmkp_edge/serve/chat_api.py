@@ -41,7 +41,7 @@ def _content(content, param: str) -> tuple[list[str], list[tuple[str, str]]]:
             images.append((f"{at}.image_url.url", url))
         else:
             raise ApiError(f"{at}: a content part must be {{\"type\": \"text\"}} or "
-                             f"{{\"type\": \"image_url\"}}", at)
+                           f"{{\"type\": \"image_url\"}}", at)
     return texts, images
 
 
@@ -52,7 +52,7 @@ def chat_post(body, limits: Limits, served_model: str) -> PostRequest:
     model = body.get("model")
     if model not in (None, "", served_model):
         raise ApiError(f"model {model!r} is not served here (this server serves {served_model!r})",
-                         "model", status=404, code="model_not_found", kind="unknown_model")
+                       "model", status=404, code="model_not_found", kind="unknown_model")
     if body.get("stream"):
         raise ApiError("stream: streaming is not supported; send stream=false", "stream")
     if body.get("n", 1) != 1:
@@ -72,7 +72,7 @@ def chat_post(body, limits: Limits, served_model: str) -> PostRequest:
     param = f"messages[{last}].content"
     if len(text) > limits.max_text_chars:
         raise ApiError(f"{param}: {len(text)} characters; this server takes at most "
-                         f"{limits.max_text_chars}", param, code="text_too_long")
+                       f"{limits.max_text_chars}", param, code="text_too_long")
     if not text and image is None:
         raise ApiError(f"{param}: give a text, an image or both", param, code="empty_post")
     budget_key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"

@@ -29,6 +29,7 @@ from ..query import Query, clean_text
 POST_FIELDS = ("id", "text", "ocr", "image", "think", "max_new_tokens")
 BATCH_FIELDS = ("posts", "think", "max_new_tokens")
 _DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
 class ApiError(Exception):
@@ -93,7 +94,7 @@ def _string(value, param: str, limit: int | None = None) -> str:
         raise ApiError(f"{param}: must be a string, got {type(value).__name__}", param)
     if limit is not None and len(value) > limit:
         raise ApiError(f"{param}: {len(value)} characters; this server takes at most {limit}",
-                         param, code="text_too_long")
+                       param, code="text_too_long")
     return clean_text(value)
 
 
@@ -120,14 +121,14 @@ def image_bytes(value, param: str) -> bytes | None:
     if not isinstance(value, str):
         raise ApiError(f"{param}: must be a base64 string or a data: URI", param)
     match = _DATA_URI.match(value)
-    if value.startswith(("http://", "https://", "file:", "/", ".")) or (
-            value.startswith("data:") and not match):
+    if not match and _SCHEME.match(value):         # a URL (':' is not in base64's alphabet)
         raise ApiError(f"{param}: send the image itself (base64 or data:image/...;base64,...); "
-                         f"this server opens no paths and fetches no URLs", param, code="invalid_image")
+                       f"this server fetches no URLs", param, code="invalid_image")
     try:
         return base64.b64decode(value[match.end():] if match else value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(f"{param}: not valid base64", param, code="invalid_image") from None
+        raise ApiError(f"{param}: not valid base64 (send the image's bytes base64-encoded; this "
+                       f"server opens no paths)", param, code="invalid_image") from None
 
 
 def decode_image(data: bytes, param: str, limits: Limits) -> Image.Image:
@@ -139,10 +140,10 @@ def decode_image(data: bytes, param: str, limits: Limits) -> Image.Image:
         w, h = header.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ApiError(f"{param}: not a readable image ({str(exc).splitlines()[0]})", param,
-                         code="invalid_image") from None
+                       code="invalid_image") from None
     if w * h > limits.max_image_pixels:
         raise ApiError(f"{param}: {w}x{h} = {w * h} pixels; this server takes at most "
-                         f"{limits.max_image_pixels}", param, code="image_too_large")
+                       f"{limits.max_image_pixels}", param, code="image_too_large")
     loaded = open_image(data)
     if loaded.image is None:
         raise ApiError(f"{param}: {loaded.problem}", param, code="invalid_image")
@@ -155,7 +156,7 @@ def post_from_fields(obj: dict, where: str, limits: Limits, think: str, budget: 
     unknown = sorted(set(obj) - set(POST_FIELDS))
     if unknown:
         raise ApiError(f"{at(unknown[0])}: unknown field (a post has {', '.join(POST_FIELDS)})",
-                         at(unknown[0]), code="unknown_field")
+                       at(unknown[0]), code="unknown_field")
     post_id = obj.get("id")
     if post_id is not None and (isinstance(post_id, bool) or not isinstance(post_id, (str, int))):
         raise ApiError(f"{at('id')}: must be a string or an integer", at("id"))
@@ -166,7 +167,7 @@ def post_from_fields(obj: dict, where: str, limits: Limits, think: str, budget: 
         image = image_bytes(image, at("image"))
     if not text and not image:
         raise ApiError(f"{where or 'the post'}: give a text, an image or both", at("text"),
-                         code="empty_post")
+                       code="empty_post")
     return PostRequest(where=where, text=text, ocr=ocr, image=image or None,
                        id=None if post_id is None else str(post_id),
                        think=think_mode(obj.get("think", think), at("think")),
@@ -178,19 +179,19 @@ def native_posts(obj, limits: Limits) -> list[PostRequest]:
     """`POST /v1/keyphrases` JSON: one post object, or {"posts": [...], "think", "max_new_tokens"}."""
     if not isinstance(obj, dict):
         raise ApiError(f"the body must be a JSON object (one post, or {{\"posts\": [...]}}), "
-                         f"got {type(obj).__name__}")
+                       f"got {type(obj).__name__}")
     if "posts" not in obj:
         return [post_from_fields(obj, "", limits, limits.think, limits.default_new_tokens)]
     unknown = sorted(set(obj) - set(BATCH_FIELDS))
     if unknown:
         raise ApiError(f"{unknown[0]}: unknown field next to 'posts' (per-post fields go inside "
-                         f"each post)", unknown[0], code="unknown_field")
+                       f"each post)", unknown[0], code="unknown_field")
     posts = obj["posts"]
     if not isinstance(posts, list) or not posts:
         raise ApiError("posts: must be a non-empty list of post objects", "posts")
     if len(posts) > limits.max_posts:
         raise ApiError(f"posts: {len(posts)} posts; this server takes at most {limits.max_posts} "
-                         f"per request", "posts", code="too_many_posts")
+                       f"per request", "posts", code="too_many_posts")
     think = think_mode(obj.get("think", limits.think), "think")
     budget = new_tokens(obj.get("max_new_tokens", limits.default_new_tokens), "max_new_tokens", limits)
     out = []
@@ -209,5 +210,5 @@ def prepare(predictor: KeyphrasePredictor, post: PostRequest, limits: Limits) ->
     prepared = predictor._prepare(Query(text=post.text, image=image, ocr=post.ocr, id=post.id), cfg)
     if isinstance(prepared, Prediction):      # what the runtime refuses is about the text
         raise ApiError(f"{post.field('text')}: {prepared.error}", post.field("text"),
-                         code="invalid_text")
+                       code="invalid_text")
     return prepared
