@@ -234,16 +234,19 @@ class _Guard:
                     raise too_large
             return message
 
+        declared = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1").strip()
+        refusal = None
+        if not declared.isdigit():
+            refusal = ApiError("Content-Length is not a number", code="invalid_content_length")
+        elif int(declared) > limit:
+            refusal = too_large
         try:
-            declared = dict(scope["headers"]).get(b"content-length", b"0")
-            if int(declared or 0) > limit:
-                telemetry.errors.labels(too_large.kind).inc()
-                response = JSONResponse(too_large.body(), status_code=413, headers={"Connection": "close"})
-                return await response(scope, receive, sending)
-            await self.app(scope, receiving, sending)
-        except ValueError:     # a Content-Length that is not a number
-            await JSONResponse(ApiError("Content-Length is not a number").body(),
-                               status_code=400)(scope, receive, sending)
+            if refusal is None:
+                await self.app(scope, receiving, sending)
+                return
+            telemetry.errors.labels(refusal.kind).inc()
+            await JSONResponse(refusal.body(), status_code=refusal.status,
+                               headers={"Connection": "close"})(scope, receive, sending)
         finally:
             telemetry.requests.labels(telemetry.route(scope["path"]), str(status[0])).inc()
 

@@ -207,7 +207,8 @@ class Scheduler:
     def _admit(self, slot: Slot) -> None:
         lane = self._lanes.setdefault(slot.think, _Lane(slot.think))
         if not lane.slots:    # a fresh generator per busy period: indices restart, nothing kept
-            lane.gen = self.predictor.generator([], slot.think, slot.prepared.budget)
+            lane.gen = self.predictor.generator([], think=slot.think,
+                                                max_new_tokens=slot.prepared.budget)
         slot.joined_at = time.perf_counter()
         slot.index = lane.gen.add([slot.prepared.request], [slot.prepared.budget])[0]
         lane.slots[slot.index] = slot
