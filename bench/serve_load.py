@@ -84,8 +84,7 @@ class Server:
                                       "--host", HOST, "--port", "0", *flags],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stderr] + [self.lines.put(None)],
-                         daemon=True).start()
+        threading.Thread(target=self._read, daemon=True).start()
         end = time.monotonic() + timeout
         while True:
             try:
@@ -98,6 +97,11 @@ class Server:
             if "listening on " in line:
                 self.url = line.split("listening on ")[1].split()[0]
                 return
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
 
     def stop(self, timeout: float) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -121,6 +125,11 @@ def histograms(url: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def _mean(before: dict, after: dict) -> float | None:
+    count = after.get("count", 0) - before.get("count", 0)
+    return round((after.get("sum", 0) - before.get("sum", 0)) / count, 2) if count else None
+
+
 def histogram_delta(before: dict, after: dict) -> dict[str, int]:
     """Rows-per-step counts per bucket ("≤1", "≤2", …) between two scrapes."""
     les = sorted((k for k in after if k not in ("sum", "count", "created")), key=lambda k: float(k))
@@ -134,7 +143,9 @@ def histogram_delta(before: dict, after: dict) -> dict[str, int]:
 
 
 async def _send(client: httpx.AsyncClient, spec: Spec, bodies: list[bytes], deadline: float) -> dict:
-    raw = spec.raw if spec.raw is not None else bodies[spec.post].replace(b'"__ID__"', json.dumps(spec.id).encode())
+    raw = spec.raw
+    if raw is None:
+        raw = bodies[spec.post].replace(b'"__ID__"', json.dumps(spec.id).encode())
     t0, retries = time.perf_counter(), 0
     while True:
         try:
@@ -145,7 +156,8 @@ async def _send(client: httpx.AsyncClient, spec: Spec, bodies: list[bytes], dead
         if r.status_code != 429 or time.monotonic() > deadline:
             break
         retries += 1
-        await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), max(0.0, deadline - time.monotonic())))
+        wait = float(r.headers.get("retry-after", 1))
+        await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
     try:
         body = r.json()
     except ValueError:
@@ -237,16 +249,15 @@ def run_load(bundle: str, levels: list[int], requests: int, bad_share: float, po
             after = histograms(server.url)
             counts = check(specs, results, reference)
             good_ms = [r["latency_ms"] for r in results if r["spec"].post is not None and r["status"] == 200]
-            lat = percentiles(good_ms) if good_ms else {"p50": None, "p99": None}
+            lat = {k: round(v, 1) for k, v in percentiles(good_ms).items()} if good_ms else {}
             b0, b1 = before["mmkp_serve_batch_size"], after["mmkp_serve_batch_size"]
             p0, p1 = before["mmkp_serve_prefill_size"], after["mmkp_serve_prefill_size"]
-            steps, joins = b1.get("count", 0) - b0.get("count", 0), p1.get("count", 0) - p0.get("count", 0)
             rows.append({"clients": n, "requests": len(specs), **counts, "wall_s": round(wall, 3),
                          "posts_per_s": round(len(good_ms) / wall, 2) if wall else None,
-                         "p50_ms": lat["p50"] and round(lat["p50"], 1), "p99_ms": lat["p99"] and round(lat["p99"], 1),
-                         "decode_steps": int(steps), "joins": int(joins),
-                         "mean_batch": round((b1.get("sum", 0) - b0.get("sum", 0)) / steps, 2) if steps else None,
-                         "mean_join": round((p1.get("sum", 0) - p0.get("sum", 0)) / joins, 2) if joins else None,
+                         "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+                         "decode_steps": int(b1.get("count", 0) - b0.get("count", 0)),
+                         "joins": int(p1.get("count", 0) - p0.get("count", 0)),
+                         "mean_batch": _mean(b0, b1), "mean_join": _mean(p0, p1),
                          "batch_histogram": histogram_delta(b0, b1)})
             say(f"N={n}: {counts['ok']} ok, {counts['lost']} lost, {rows[-1]['posts_per_s']} posts/s")
     finally:
@@ -277,9 +288,11 @@ Example:
   python -m bench.serve_load --bundle bundle/ --clients 1,4,16,64 --requests 64 --threads 2""")
 @click.option("--bundle", type=click.Path(file_okay=False, exists=True), required=True)
 @click.option("--clients", default="1,4,16,64", show_default=True, help="Concurrency levels N.")
-@click.option("--requests", type=click.IntRange(1, 2000), default=64, show_default=True, help="Requests per level.")
+@click.option("--requests", type=click.IntRange(1, 2000), default=64, show_default=True,
+              help="Requests per level.")
 @click.option("--bad-share", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--posts", type=click.IntRange(1, 256), default=16, show_default=True, help="Distinct workload posts.")
+@click.option("--posts", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Distinct workload posts.")
 @click.option("--posts-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Real posts (JSONL / CMKP) instead of synthetic ones.")
 @click.option("--image-share", type=click.FloatRange(0, 1), default=0.5, show_default=True)

@@ -35,7 +35,8 @@ def _config(options: dict):
     try:
         from ..serve.config import ServeConfig
     except ImportError as exc:   # pragma: no cover - exercised only without the extra
-        raise InputError(f"mmkp-serve needs the serve extra ({exc.name} is missing): {INSTALL_HINT}") from None
+        raise InputError(f"mmkp-serve needs the serve extra ({exc.name} is missing): "
+                         f"{INSTALL_HINT}") from None
     return ServeConfig(**options).validate()
 
 
@@ -49,8 +50,10 @@ def _config(options: dict):
               help="Posts decoded together; new posts join between decode steps.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Posts waiting to join the batch; beyond it requests get 429 + Retry-After.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ORT intra-op threads (0 = ORT default).")
-@click.option("--providers", default="cpu", show_default=True, help="Execution providers: cpu, cuda or cuda,cpu.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="ORT intra-op threads (0 = ORT default).")
+@click.option("--providers", default="cpu", show_default=True,
+              help="Execution providers: cpu, cuda or cuda,cpu.")
 @click.option("--think", type=click.Choice(THINK_MODES), default="auto", show_default=True,
               help="Think mode of a post that names none.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
@@ -67,7 +70,8 @@ def _config(options: dict):
               help="Retry-After seconds sent with 429 / 503.")
 @click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=30.0,
               show_default=True, help="On SIGTERM, seconds to finish the requests in flight.")
-@click.option("--model-name", default="", help="Model id for the chat endpoint (default: the bundle folder name).")
+@click.option("--model-name", default="",
+              help="Model id for the chat endpoint (default: the bundle folder name).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True, help="uvicorn's log level.")

@@ -69,6 +69,7 @@ class Service:
 
     async def _run(self, request: Request, posts: list[PostRequest]) -> list[Slot]:
         loop = asyncio.get_running_loop()
+        arrived = time.perf_counter()
         deadline = loop.time() + self.cfg.timeout_s
         if self.scheduler.closing:
             raise ApiError("the server is shutting down; retry on another replica", status=503,
@@ -81,7 +82,7 @@ class Service:
             with contextlib.suppress(RuntimeError):     # the loop is gone: nobody is waiting
                 loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(job))
 
-        job = Job([Slot(p, post.think) for p, post in zip(prepared, posts)], done)
+        job = Job([Slot(p, post.think) for p, post in zip(prepared, posts)], done, arrived_at=arrived)
         try:
             self.scheduler.submit(job)
         except Overloaded:

@@ -62,8 +62,8 @@ class Slot:
         joined = self.joined_at or now
         return {"queue_s": joined - self.job.submitted_at, "vision_s": self.vision_s,
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s,
-                "ttft_s": (self.first_token_at or now) - self.job.submitted_at,
-                "total_s": now - self.job.submitted_at,
+                "ttft_s": (self.first_token_at or now) - self.job.arrived_at,
+                "total_s": now - self.job.arrived_at,
                 "batch_size": self.rows / self.steps if self.steps else 1.0}
 
 
@@ -72,7 +72,8 @@ class Job:
     """The posts of one HTTP request; `done(job)` is called once, from the worker thread."""
     slots: list[Slot]
     done: Callable[["Job"], None]
-    submitted_at: float = field(default_factory=time.perf_counter)
+    arrived_at: float = field(default_factory=time.perf_counter)     # the request arrived
+    submitted_at: float = field(default_factory=time.perf_counter)   # its posts were queued
     cancelled: str | None = None         # why it was abandoned ("timeout", "disconnected")
     error: str | None = None             # why it failed (internal)
     remaining: int = 0
@@ -257,7 +258,7 @@ class Scheduler:
             if slot.first_token_at is None:
                 slot.first_token_at = now
                 slot.vision_s, slot.prefill_s = vision, took - vision
-                self.telemetry.ttft.observe(now - slot.job.submitted_at)
+                self.telemetry.ttft.observe(now - slot.job.arrived_at)
             else:
                 slot.decode_s += took
                 slot.steps += 1

@@ -3,8 +3,8 @@
 A registry per server (not prometheus_client's global one) so several servers in one process —
 the tests start many — never share or double-register series. What is measured is what an
 operator of a continuous-batching service needs to see: load (queue depth, rows in the running
-batch, rows per decode step, posts per join prefill), latency (time to first token, decode step), output (generated
-tokens) and failures (requests by route and status, errors by kind).
+batch, rows per decode step, posts per join prefill), latency (time to first token, decode step),
+output (generated tokens) and failures (requests by route and status, errors by kind).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Telemetry:
                                buckets=BATCH_BUCKETS, registry=r)
         self.prefill = Histogram("mmkp_serve_prefill_size", "Posts prefilled together when joining the batch",
                                  buckets=BATCH_BUCKETS, registry=r)
-        self.ttft = Histogram("mmkp_serve_ttft_seconds", "Arrival of a post to its first token",
+        self.ttft = Histogram("mmkp_serve_ttft_seconds", "Arrival of a request to a post's first token",
                               buckets=TTFT_BUCKETS, registry=r)
         self.step = Histogram("mmkp_serve_decode_step_seconds", "One decode step of a running batch",
                               buckets=STEP_BUCKETS, registry=r)
