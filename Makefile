@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= cpu,train,export,bench,test,mlx
+EXTRAS  ?= cpu,train,export,bench,test,mlx,serve
 # CPU build of torch, installed first where no GPU is present so nothing pulls a CUDA build.
 TORCH_CPU ?= torch==2.13.0
 CMKP    ?= ../shared/data/cmkp

@@ -8,6 +8,15 @@ its token budget and is evicted from the batch — every past tensor is sliced �
 cost nothing. `generate()` is sugar over `step()`; benchmarks time TTFT and per-token cost from the
 same primitive. `use_cache=False` recomputes the full sequence each step (the reference the tests
 compare the cached path with); `evict=False` keeps finished rows in the batch (ditto).
+
+Continuous batching (mmkp-serve) lives here too, so it is tested where generation is: `add()` queues
+prompts that join the running batch at the next step. That step prefills only the newcomers
+(left-padded among themselves, empty past; the running rows wait one step) and appends them as
+rows: the shorter of the two pasts — the running rows' or the newcomers' — is padded on the LEFT
+with zeros and the attention mask with 0s, so every row keeps its own positions (cumsum of its
+mask) and attends to exactly its own tokens, and greedy output per prompt equals the one-by-one
+output. `cancel()` frees a row at once (a client went away); `pop()` forgets a finished request so
+a long-lived generator holds only live rows.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ class Request:
 @dataclass
 class Output:
     tokens: list[int] = field(default_factory=list)  # generated ids, the stop id included
-    finish: str = ""                                 # "stop" | "length" once done
+    finish: str = ""                                 # "stop" | "length" | "cancelled" once done
 
 
 @dataclass
@@ -52,6 +61,16 @@ def left_pad(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.nd
     return ids, mask
 
 
+def pad_left(x: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """Zeros prepended along `axis` until it is `width` long (masks, embeddings, past K/V)."""
+    missing = width - x.shape[axis]
+    if missing <= 0:
+        return x
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (missing, 0)
+    return np.pad(x, pads)
+
+
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     """position_ids = cumsum(mask) - 1, pads set to 1 (HF's convention)."""
     pos = np.cumsum(mask, axis=-1) - 1                                        # (B, L)
@@ -59,44 +78,91 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
 
 
 class Generator:
-    """Greedy decoding of a batch of prompts; call `step()` until `done`."""
+    """Greedy decoding of a batch of prompts; call `step()` until `done`. `add()` joins more
+    prompts between steps, `cancel()` drops one, `pop()` forgets a finished one (see the module
+    docstring). Request indices count every prompt ever added, in order."""
 
     def __init__(self, graphs: Graphs, requests: Sequence[Request], *, image_token_id: int,
                  pad_id: int, stop_ids: Iterable[int], max_new_tokens: int | Sequence[int],
                  suppress_ids: Iterable[int] = (), use_cache: bool = True, evict: bool = True):
-        if not requests:
-            raise ValueError("Generator needs at least one request")
         self.graphs = graphs
-        self.requests = list(requests)
         self.image_token_id = image_token_id
         self.pad_id = pad_id
         self.stop_ids = np.asarray(sorted(set(stop_ids)), dtype=np.int64)
         self.suppress_ids = np.asarray(sorted(set(suppress_ids)), dtype=np.int64)
-        budgets = ([max_new_tokens] * len(self.requests) if isinstance(max_new_tokens, int)
-                   else list(max_new_tokens))
-        self.budgets = np.asarray(budgets, dtype=np.int64)
         self.use_cache = use_cache
         self.evict = evict
-        self.outputs = [Output() for _ in self.requests]
+        self.requests: list[Request | None] = []      # by request index (None once popped)
+        self.outputs: list[Output | None] = []        # by request index (None once popped)
+        self.budgets: list[int] = []                  # by request index: max new tokens
+        self._default_budget = max_new_tokens if isinstance(max_new_tokens, int) else None
         self.times = StageTimes()
-        self.active = np.arange(len(self.requests))   # request index of each batch row
-        self.running = self.budgets > 0               # per batch row; False = finished (kept if not evicting)
-        self._mask: np.ndarray | None = None          # (B, past+T)
-        self._cache: KVCache | None = None
-        self._embeds: np.ndarray | None = None        # (B, past+T, D) full history (use_cache=False)
-        self._last: np.ndarray | None = None          # (B,) last tokens fed next step
+        self.active = np.zeros(0, np.int64)           # request index of each batch row
+        self.running = np.zeros(0, bool)              # per batch row; False = finished (kept if not evicting)
+        self._pending: list[int] = []                 # request indices waiting for their prefill
+        self._mask: np.ndarray | None = None          # (B, past) int64; None = no rows yet
+        self._cache: KVCache | None = None            # each tensor (B, kv, past, hd)
+        self._embeds: np.ndarray | None = None        # (B, past, D) full history (use_cache=False)
+        self._last: np.ndarray | None = None          # (B,) last tokens, fed at the next step
         self.logits: dict[int, np.ndarray] = {}       # request index → (V,) logits of the latest step
-        for i, b in enumerate(self.budgets):
-            if b <= 0:
-                self.outputs[i].finish = "length"
-        self.done = bool((self.budgets <= 0).all())
+        self.done = True
+        self.add(requests, max_new_tokens)
 
-    # ------------------------------------------------------------ prefill
+    @property
+    def pending(self) -> int:
+        """Prompts added but not yet prefilled."""
+        return len(self._pending)
 
-    def _prompt_embeds(self, ids: np.ndarray) -> np.ndarray:
+    def add(self, requests: Sequence[Request], max_new_tokens: int | Sequence[int] | None = None
+            ) -> list[int]:
+        """Queue prompts to join the batch at the next step; returns their request indices.
+        `max_new_tokens` defaults to the constructor's (when that was one int)."""
+        requests = list(requests)
+        budgets = self._default_budget if max_new_tokens is None else max_new_tokens
+        if budgets is None:
+            raise ValueError("add() needs max_new_tokens: the constructor was given a list")
+        budgets = [budgets] * len(requests) if isinstance(budgets, int) else list(budgets)
+        if len(budgets) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(budgets)} token budgets")
+        first = len(self.requests)
+        for request, budget in zip(requests, budgets):
+            index = len(self.requests)
+            self.requests.append(request)
+            self.outputs.append(Output(finish="length" if budget <= 0 else ""))
+            self.budgets.append(int(budget))
+            if budget > 0:
+                self._pending.append(index)
+        self.done = not self._pending and not self.running.any()
+        return list(range(first, len(self.requests)))
+
+    def cancel(self, index: int) -> None:
+        """Finish request `index` now ("cancelled") and free its batch row at once."""
+        out = self.outputs[index]
+        if out is None or out.finish:
+            return
+        out.finish = "cancelled"
+        if index in self._pending:
+            self._pending.remove(index)
+        else:
+            self.running[self.active == index] = False
+            if self.evict and self.running.any():
+                self._keep(np.flatnonzero(self.running))
+        self.done = not self._pending and not self.running.any()
+
+    def pop(self, index: int) -> Output:
+        """The finished output of request `index`; the generator forgets the request (its pixels)."""
+        out = self.outputs[index]
+        if out is None or not out.finish:
+            raise ValueError(f"request {index} is {'already popped' if out is None else 'still running'}")
+        self.requests[index] = self.outputs[index] = None
+        return out
+
+    # ------------------------------------------------------------ prefill / join
+
+    def _prompt_embeds(self, ids: np.ndarray, requests: Sequence[Request]) -> np.ndarray:
         """Token embeddings with vision features in the image-token rows."""
         embeds = self.graphs.embed(ids)                                       # (B, L, D)
-        pixels = [r.pixel_values for r in self.requests if r.pixel_values is not None]
+        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
         if pixels:
             t0 = time.perf_counter()
             feats = self.graphs.vision(np.concatenate(pixels))                # (N, tok, D)
@@ -109,17 +175,35 @@ class Generator:
             embeds[slots] = feats.astype(embeds.dtype, copy=False)
         return embeds
 
-    def _prefill(self) -> np.ndarray:
+    def _join(self) -> tuple[np.ndarray, np.ndarray]:
+        """Prefill the pending prompts and append them as batch rows → (their rows, logits (Bn, V))."""
         t0 = time.perf_counter()
-        ids, mask = left_pad([r.input_ids for r in self.requests], self.pad_id)   # (B, L)
         vision_before = self.times.vision_s
-        embeds = self._prompt_embeds(ids)                                     # (B, L, D)
-        cache = self.graphs.empty_cache(len(self.requests))
-        logits, cache = self.graphs.decode(embeds, mask, positions_from_mask(mask), cache)
-        self._mask, self._cache = mask, cache
-        self._embeds = None if self.use_cache else embeds
+        new, self._pending = self._pending, []
+        requests = [self.requests[i] for i in new]
+        ids, mask = left_pad([r.input_ids for r in requests], self.pad_id)   # (Bn, L)
+        embeds = self._prompt_embeds(ids, requests)                           # (Bn, L, D)
+        logits, cache = self.graphs.decode(embeds, mask, positions_from_mask(mask),
+                                           self.graphs.empty_cache(len(new)))
+        if self.evict and not self.running.any():
+            self._keep(self.active[:0])                                       # drop finished rows
+        first = len(self.active)
+        if self._mask is None:                                                # nothing running
+            self._mask, self._cache, self._last = mask, cache, np.zeros(len(new), np.int64)
+            self._embeds = None if self.use_cache else embeds
+        else:   # align the pasts on the right: the shorter is left-padded with masked zeros
+            width = max(self._mask.shape[1], mask.shape[1])                   # S = max(past, L)
+            self._mask = np.concatenate([pad_left(self._mask, width, 1),
+                                         pad_left(mask, width, 1)])           # (B+Bn, S)
+            self._cache = self._cache.joined(cache)                           # (B+Bn, kv, S, hd)
+            if not self.use_cache:
+                self._embeds = np.concatenate([pad_left(self._embeds, width, 1),
+                                               pad_left(embeds, width, 1)])   # (B+Bn, S, D)
+            self._last = np.concatenate([self._last, np.zeros(len(new), np.int64)])  # (B+Bn,)
+        self.active = np.concatenate([self.active, np.asarray(new, np.int64)])
+        self.running = np.concatenate([self.running, np.ones(len(new), bool)])
         self.times.prefill_s += time.perf_counter() - t0 - (self.times.vision_s - vision_before)
-        return logits                                                         # (B, V)
+        return np.arange(first, first + len(new)), logits                     # (Bn,), (Bn, V)
 
     # ------------------------------------------------------------ decode
 
@@ -138,40 +222,52 @@ class Generator:
         self.times.decode_s += time.perf_counter() - t0
         return logits                                                         # (B, V)
 
+    def _keep(self, keep: np.ndarray) -> None:
+        """Evict every batch row not in `keep` (slice every past tensor); no rows = empty batch."""
+        if keep.size == 0:
+            self.active, self.running = self.active[:0], self.running[:0]
+            self._mask = self._cache = self._embeds = self._last = None
+            return
+        self.active, self.running = self.active[keep], self.running[keep]
+        self._last, self._mask = self._last[keep], self._mask[keep]
+        self._cache = self._cache.select(keep)
+        if self._embeds is not None:
+            self._embeds = self._embeds[keep]
+
     def step(self) -> list[tuple[int, int]]:
-        """Advance by one token; returns (request index, token id) for each row that produced one."""
+        """Advance by one token; returns (request index, token id) for each row that produced one.
+        A step with pending prompts is their prefill (only they emit); otherwise every row decodes."""
         if self.done:
             return []
-        logits = self._prefill() if self._mask is None else self._advance()
+        if self._pending:
+            rows, logits = self._join()                                       # (Bn,), (Bn, V)
+        else:
+            logits = self._advance()                                          # (B, V)
+            rows = np.arange(len(self.active))
         self.times.steps += 1
-        self.logits = {int(req): logits[row] for row, req in enumerate(self.active) if self.running[row]}
+        self.logits = {int(self.active[r]): logits[i] for i, r in enumerate(rows) if self.running[r]}
         if self.suppress_ids.size:
             logits = logits.copy()
             logits[:, self.suppress_ids] = -np.inf
-        tokens = logits.argmax(axis=-1).astype(np.int64)                      # (B,)
+        tokens = logits.argmax(axis=-1).astype(np.int64)                      # (len(rows),)
         emitted = []
-        for row, req in enumerate(self.active):
+        for row, token in zip(rows, tokens):
             if not self.running[row]:
                 continue
+            req = int(self.active[row])
             out = self.outputs[req]
-            out.tokens.append(int(tokens[row]))
-            emitted.append((int(req), int(tokens[row])))
-            if tokens[row] in self.stop_ids:
+            out.tokens.append(int(token))
+            emitted.append((req, int(token)))
+            if token in self.stop_ids:
                 out.finish = "stop"
             elif len(out.tokens) >= self.budgets[req]:
                 out.finish = "length"
             if out.finish:
                 self.running[row] = False
-        self._last = tokens
-        if not self.running.any():
-            self.done = True
-        elif self.evict and not self.running.all():
-            keep = np.flatnonzero(self.running)
-            self.active, self.running = self.active[keep], self.running[keep]
-            self._last, self._mask = tokens[keep], self._mask[keep]
-            self._cache = self._cache.select(keep)
-            if self._embeds is not None:
-                self._embeds = self._embeds[keep]
+        self._last[rows] = tokens
+        self.done = not self._pending and not self.running.any()
+        if self.evict and self.running.any() and not self.running.all():
+            self._keep(np.flatnonzero(self.running))
         return emitted
 
     def run(self) -> list[Output]:

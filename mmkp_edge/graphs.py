@@ -4,7 +4,8 @@ Generation (mmkp_edge/generate.py) only ever calls `vision`, `embed`, `empty_cac
 so where the KV cache lives is this module's business: on CPU it is a list of numpy arrays; on the
 CUDA execution provider it is a list of device OrtValues bound with IO binding, so `present.*` goes
 straight back in as `past_key_values.*` without a host round trip each step. Evicting finished rows
-slices every past tensor (on CUDA via one host copy, only on the steps where a row finishes).
+slices every past tensor (on CUDA via one host copy, only on the steps where a row finishes);
+joining prompts to a running batch (continuous batching) concatenates two caches the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ class KVCache:
                 host = np.ascontiguousarray(t.numpy()[rows])                  # one host round trip
                 out.append(ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
         return KVCache(out, self.length, self.device)
+
+    def joined(self, other: "KVCache") -> "KVCache":
+        """The rows of `self` then those of `other`, pasts aligned on the right: the shorter past is
+        left-padded with zeros, which the caller masks (attention_mask 0), so no row's attention
+        changes (continuous batching: prompts joining a running batch)."""
+        length = max(self.length, other.length)
+        out = []
+        for a, b in zip(self.tensors, other.tensors):
+            if self.device is not None:
+                a, b = a.numpy(), b.numpy()                                   # one host round trip
+            both = np.concatenate([_pad_past(a, length), _pad_past(b, length)])   # (B+Bn, kv, S, hd)
+            out.append(both if self.device is None
+                       else ort.OrtValue.ortvalue_from_numpy(both, self.device, 0))
+        return KVCache(out, length, self.device)
+
+
+def _pad_past(t: np.ndarray, length: int) -> np.ndarray:
+    """(B, kv, past, hd) → (B, kv, length, hd), zeros prepended on the past axis."""
+    return np.pad(t, ((0, 0), (0, 0), (length - t.shape[2], 0), (0, 0)))
 
 
 def _expect_io(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str]) -> None:

@@ -93,6 +93,19 @@ class MlxKVCache:
         idx = mx.array(np.asarray(rows, dtype=np.int32))
         return MlxKVCache([t[idx] for t in self.tensors], self.length)
 
+    def joined(self, other: "MlxKVCache") -> "MlxKVCache":
+        """Rows of `self` then `other`, the shorter past left-padded with (masked) zeros, as
+        mmkp_edge.graphs.KVCache.joined (continuous batching)."""
+        import mlx.core as mx
+
+        length = max(self.length, other.length)
+
+        def padded(t, have):                                                   # (B, kv, have, hd)
+            return t if have == length else mx.pad(t, [(0, 0), (0, 0), (length - have, 0), (0, 0)])
+
+        return MlxKVCache([mx.concatenate([padded(a, self.length), padded(b, other.length)])
+                           for a, b in zip(self.tensors, other.tensors)], length)  # (B+Bn, kv, S, hd)
+
 
 class MlxGraphs:
     """mlx-vlm's Idefics3 model behind mmkp_edge.graphs.Graphs' interface (numpy in, numpy out)."""

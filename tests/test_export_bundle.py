@@ -143,6 +143,24 @@ def test_graphs_have_named_axes_and_a_loadable_ir(fp32):
     assert [i.name for i in vision.graph.input] == ["pixel_values"]    # patch mask built inside
 
 
+def test_posts_joining_a_running_batch_get_their_one_by_one_tokens(fp32, tmp_path):
+    """Continuous batching (mmkp-serve's path: Generator.add between steps, KV caches left-padded
+    to one length) on the real exported decoder gives every post its one-by-one greedy tokens."""
+    predictor = KeyphrasePredictor.from_bundle(fp32.bundle)
+    posts = _posts(tmp_path)
+    single = [list(predictor.predict([p], max_new_tokens=20)[0].token_ids) for p in posts]
+    reqs = [predictor.request(p) for p in posts]
+    gen = predictor.generator([], "auto", 20)
+    index, joined_running = [], 0
+    for joining in ([0], [1, 2], [], [3], [4]):
+        joined_running += bool(joining) and bool(gen.running.any())
+        index += gen.add([reqs[i] for i in joining])
+        gen.step()
+    gen.run()
+    assert [gen.outputs[i].tokens for i in index] == single
+    assert joined_running >= 2, "precondition: posts joined while others were decoding"
+
+
 # ---------------------------------------------------------------- int8
 
 def _matmulnbits(path):

@@ -87,6 +87,22 @@ def test_mlx_predictor_reproduces_torch_greedy(fp32, tiny_dir, tmp_path, think):
     assert [p.token_ids for p in one_by_one] == [p.token_ids for p in preds]
 
 
+def test_posts_joining_a_running_mlx_batch_get_their_one_by_one_tokens(fp32, tmp_path):
+    """Continuous batching (Generator.add; MlxKVCache.joined pads the shorter past) on MLX."""
+    predictor = KeyphrasePredictor.from_bundle(fp32.bundle)
+    posts = _two_posts(tmp_path) * 2
+    single = [list(predictor.predict([p], max_new_tokens=12)[0].token_ids) for p in posts[:2]] * 2
+    gen = predictor.generator([], "auto", 12)
+    index, joined_running = {}, 0
+    for joining in ([1], [0], [], [3, 2]):
+        joined_running += bool(joining) and bool(gen.running.any())
+        index.update(zip(joining, gen.add([predictor.request(posts[i]) for i in joining])))
+        gen.step()
+    gen.run()
+    assert [gen.outputs[index[p]].tokens for p in range(4)] == single
+    assert joined_running >= 2, "precondition: posts joined while others were decoding"
+
+
 def test_decoder_loop_matches_mlx_vlm_forward(fp32, tmp_path):
     """MlxGraphs.decode (per-row positions, padding mask) == mlx-vlm's own Model call on one
     unpadded prompt with an image — also proves the converted config's rope_theta is right."""

@@ -15,6 +15,7 @@ def all_modules() -> list[str]:
 def test_every_module_is_found():
     mods = all_modules()
     assert "mmkp_edge.posts" in mods and "mmkp_edge.cli.score" in mods
+    assert {"mmkp_edge.serve.app", "mmkp_edge.serve.scheduler", "mmkp_edge.cli.serve"} <= set(mods)
 
 
 def test_importing_mmkp_edge_loads_no_torch_or_transformers():

@@ -196,3 +196,122 @@ def test_image_placeholder_in_post_text_is_an_item_error(predictor):
     preds = predictor.predict([Query("look <image> here", id="sneaky"), POSTS[0], POSTS[1]])
     assert preds[0].error and "<image>" in preds[0].error
     assert preds[1].error is None and preds[2].error is None
+
+
+# ------------------------------------------------------------ continuous batching (Generator.add)
+
+# step number → posts (indices into POSTS) that join before that step
+SCHEDULES = [{0: [0, 1], 1: [2], 3: [3, 4], 7: [5]},
+             {0: [3], 2: [1, 0], 4: [5], 5: [2, 4]},
+             {0: [5], 1: [4], 2: [3], 3: [2], 4: [1], 5: [0]}]
+
+
+def _drive(gen: Generator, reqs, schedule, record=None) -> dict[int, int]:
+    """Run `gen`, adding posts per `schedule`; returns post → request index. `record` gets
+    (running past length or None, newcomers' longest prompt) at every join."""
+    index, step = {}, 0
+    while step <= max(schedule) or not gen.done:
+        if step in schedule:
+            if record is not None:
+                running = gen.running.any() and gen._mask is not None
+                record.append((gen._mask.shape[1] if running else None,
+                               max(len(reqs[p].input_ids) for p in schedule[step])))
+            for p, i in zip(schedule[step], gen.add([reqs[p] for p in schedule[step]])):
+                index[p] = i
+        gen.step()
+        step += 1
+    return index
+
+
+def _one_by_one(bundle: Bundle, reqs) -> list[list[int]]:
+    return [Generator(bundle.graphs, [r], **_options(bundle)).run()[0].tokens for r in reqs]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_joining_between_steps_equals_one_by_one(predictor, schedule):
+    bundle = predictor.bundle
+    reqs = _requests(bundle)
+    joins = []
+    gen = Generator(bundle.graphs, [], **_options(bundle))
+    index = _drive(gen, reqs, schedule, joins)
+    assert [gen.outputs[index[p]].tokens for p in range(len(POSTS))] == _one_by_one(bundle, reqs)
+    assert any(past is not None for past, _ in joins), "precondition: some posts joined running rows"
+
+
+def test_joins_pad_both_ways_and_match_full_recompute(predictor):
+    """KV alignment checked on logits, not only argmax: cached + joined vs recomputed from scratch."""
+    bundle = predictor.bundle
+    reqs = _requests(bundle)
+    joins = []
+    for schedule in SCHEDULES:
+        cached = Generator(bundle.graphs, [], **_options(bundle))
+        full = Generator(bundle.graphs, [], **_options(bundle, use_cache=False))
+        step = 0
+        while step <= max(schedule) or not cached.done:
+            if step in schedule:
+                if cached.running.any():
+                    joins.append((cached._mask.shape[1], max(len(reqs[p].input_ids) for p in schedule[step])))
+                cached.add([reqs[p] for p in schedule[step]])
+                full.add([reqs[p] for p in schedule[step]])
+            cached.step()
+            full.step()
+            assert cached.logits.keys() == full.logits.keys()
+            for i in cached.logits:
+                np.testing.assert_allclose(cached.logits[i], full.logits[i], atol=1e-4, rtol=1e-4)
+            step += 1
+        assert full.done and [o.tokens for o in cached.outputs] == [o.tokens for o in full.outputs]
+    assert any(past > new for past, new in joins), "precondition: a newcomer's past was padded"
+    assert any(past < new for past, new in joins), "precondition: the running rows' past was padded"
+
+
+@pytest.mark.parametrize("mode", ["keep-finished", "io-binding"])
+def test_joining_in_the_other_generator_modes(bundle_dir, mode):
+    bundle = Bundle.load(bundle_dir)
+    options = _options(bundle)
+    if mode == "keep-finished":
+        options["evict"] = False
+    else:
+        bundle.graphs.bound_device = "cpu"
+    reqs = _requests(bundle)
+    gen = Generator(bundle.graphs, [], **options)
+    index = _drive(gen, reqs, SCHEDULES[0])
+    assert [gen.outputs[index[p]].tokens for p in range(len(POSTS))] == _one_by_one(Bundle.load(bundle_dir), reqs)
+
+
+def test_cancel_frees_the_row_and_changes_no_other(predictor):
+    bundle = predictor.bundle
+    reqs = _requests(bundle)[:4]
+    gen = Generator(bundle.graphs, reqs[:3], **_options(bundle, max_new_tokens=40))
+    gen.step()
+    gen.step()
+    rows = len(gen.active)
+    gen.cancel(1)
+    assert len(gen.active) == rows - 1 and 1 not in gen.active.tolist()
+    late = gen.add([reqs[3]])[0]
+    gen.cancel(late)                                         # never prefilled
+    assert gen.pending == 0 and gen.outputs[late].finish == "cancelled"
+    gen.run()
+    ref = [Generator(bundle.graphs, [r], **_options(bundle, max_new_tokens=40)).run()[0].tokens for r in reqs]
+    assert gen.outputs[1].finish == "cancelled" and gen.outputs[1].tokens == ref[1][:2]
+    assert [gen.outputs[i].tokens for i in (0, 2)] == [ref[0], ref[2]]
+    assert gen.outputs[late].tokens == []
+
+
+def test_an_empty_generator_takes_requests_and_pop_forgets_them(predictor):
+    bundle = predictor.bundle
+    reqs = _requests(bundle)
+    gen = Generator(bundle.graphs, [], **_options(bundle))
+    assert gen.done and gen.step() == []
+    first = gen.add(reqs[:2])
+    assert first == [0, 1] and not gen.done and gen.pending == 2
+    with pytest.raises(ValueError, match="still running"):
+        gen.pop(0)
+    gen.run()
+    second = gen.add(reqs[2:3])                              # a finished generator takes more
+    assert second == [2] and not gen.done
+    gen.run()
+    out = gen.pop(2)
+    assert out.tokens == _one_by_one(bundle, reqs[2:3])[0]
+    assert gen.outputs[2] is None and gen.requests[2] is None
+    with pytest.raises(ValueError, match="already popped"):
+        gen.pop(2)
