@@ -129,8 +129,8 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"loading {cfg.source}")
     src = load_source(cfg.source, cfg.stage)
-    parts = family_parts(src.model)
     image_size = int(src.family.image_settings(src.processor)["tile_size"])
+    parts = family_parts(src.model, image_size)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         tmp = Path(tmp)
         fp32_dir = tmp / "fp32"
