@@ -184,6 +184,8 @@ def test_int8_gate_fails_on_a_chaotic_random_student(fp32, tmp_path, capsys):
     assert main([fp32.bundle, "-o", str(out), "--int8"]) == 1
     captured = capsys.readouterr()
     assert "validation failed" in captured.err and "status   failed" in captured.out
+    hint = [line for line in captured.err.splitlines() if "random-weight" in line]
+    assert len(hint) == 1 and "cannot pass this gate" in hint[0] and "--min-agreement 0" in hint[0]
     manifest = Manifest.load(out)
     assert manifest.validation["status"] == "failed"
     assert manifest.validation["agreement"]["keyphrase_agreement"] < 0.95
@@ -192,6 +194,12 @@ def test_int8_gate_fails_on_a_chaotic_random_student(fp32, tmp_path, capsys):
     with pytest.raises(InputError, match="failed export validation"):
         Bundle.load(out)                      # the runtime refuses a bundle that failed its gate
     verify_files(out, manifest)               # yet the derived files match the manifest's hashes
+    # the way out the hint names works: the same export with --min-agreement 0 is served
+    anyway = tmp_path / "int8-anyway"
+    assert main([fp32.bundle, "-o", str(anyway), "--int8", "--min-agreement", "0"]) == 0
+    assert "random-weight" not in capsys.readouterr().err
+    assert Manifest.load(anyway).validation["status"] == "passed"
+    assert KeyphrasePredictor.from_bundle(anyway).predict(["storm tonight"])[0].error is None
 
 
 def test_fp16_bundle_agrees_with_fp32_and_cannot_be_derived_from(fp32, trained_dir, tmp_path,
