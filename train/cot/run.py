@@ -23,7 +23,7 @@ from mmkp_edge.posts import Post, read_posts
 from .config import CotDataConfig
 from .filter import FAILED, NO_GOLD, gold_phrases, judge
 from .progress import Progress, Tally
-from .records import RecordWriter, latest_records
+from .records import RecordWriter, exclusive_writer, latest_records
 from .teachers import Teacher, TeacherFatal, TeacherRequest, Usage, build_teacher
 from .template import SYSTEM, TEMPLATE_VERSION, read_reply, user_prompt
 
@@ -160,6 +160,11 @@ def run_cot_data(config: CotDataConfig, *, log: TextIO | None = None) -> dict:
     posts = read_posts(config.posts, image_root=config.image_root)
     if config.limit is not None:
         posts = posts[:config.limit]
+    with exclusive_writer(config.output):       # one writer per file, from reading it to the summary
+        return _run_locked(config, posts, log)
+
+
+def _run_locked(config: CotDataConfig, posts: list[Post], log: TextIO) -> dict:
     previous = latest_records(config.output)
     todo = _todo(posts, previous, config.retry_failed)
     already = len(posts) - len(todo)
