@@ -28,7 +28,9 @@ from mmkp_edge.manifest import Manifest, file_info
 from mmkp_edge.parser import parse
 from mmkp_edge.posts import Post
 from mmkp_edge.predictor import KeyphrasePredictor
+from train.collate import encode_post
 from train.generation import generate_batch
+from train.student import prompt_budget
 from train.tiny import init_tiny
 
 from students import train_briefly
@@ -102,6 +104,27 @@ def test_runtime_reproduces_torch_greedy_generation(fp32, tiny_dir, tmp_path, th
         if cut == len(pred.token_ids):                     # no early stop: same text, same phrases
             assert pred.keyphrases == parse(ref.text).keyphrases
     assert len({tuple(r.token_ids) for r in reference}) == len(posts)   # not degenerate
+
+
+@pytest.mark.parametrize("think", ["off", "auto"])
+def test_a_long_post_is_cut_identically_by_the_runtime_and_by_training(fp32, tiny_dir, tmp_path,
+                                                                       think):
+    """mmkp_edge.truncation counted by each side's tokenizer: the same prompt ids, the same greedy
+    tokens, for a post (with an image and OCR) far longer than the context."""
+    image = tmp_path / "long.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(image)
+    post = Post(id="long", text="Storm clouds over the mountain lake at sunset " * 2000,
+                image=str(image), ocr="SALE 50% TODAY " * 500)
+    src = load_source(str(tiny_dir))
+    predictor = KeyphrasePredictor.from_bundle(fp32.bundle)
+    runtime = predictor.request(post, think, max_new_tokens=20).input_ids.tolist()
+    training = encode_post(src.processor, post, think, None, None, prompt_budget(src.model, 20))
+    assert training.truncated and runtime == training.input_ids
+    got = predictor.predict([post], think=think, max_new_tokens=20)[0]
+    reference = generate_batch(src.model, src.processor, [post], think=think, max_new_tokens=20)[0]
+    assert got.truncated and got.error is None
+    assert list(got.token_ids[:len(reference.token_ids)]) == list(reference.token_ids)[
+        :len(got.token_ids)]
 
 
 def test_manifest_validates_and_hashes_match(fp32, tmp_path):

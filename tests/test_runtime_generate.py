@@ -162,11 +162,13 @@ def test_image_splitting_bundle_generates(tmp_path):
     assert [p.token_ids for p in batched] == [p.token_ids for p in single]
 
 
-def test_prompt_longer_than_context_is_an_item_error(predictor):
+def test_a_post_longer_than_the_context_is_cut_and_leaves_its_batch_alone(predictor):
     long_post = Query("word " * 5000, id="long")
     preds = predictor.predict([POSTS[1], long_post, POSTS[5]])
-    assert preds[1].error and "at most" in preds[1].error and preds[1].id == "long"
-    assert preds[0].error is None and preds[2].error is None
+    assert preds[1].error is None and preds[1].truncated and preds[1].id == "long"
+    alone = predictor.predict([POSTS[1], POSTS[5]], batch_size=1)
+    assert [p.token_ids for p in (preds[0], preds[2])] == [p.token_ids for p in alone]
+    assert not any(p.truncated for p in alone)
 
 
 def test_io_binding_path_gives_the_same_tokens(bundle_dir):

@@ -17,7 +17,7 @@ import sys
 from typing import TextIO
 
 from mmkp_edge.errors import InputError
-from mmkp_edge.images import LoadedImage, open_image
+from mmkp_edge.images import post_image
 from mmkp_edge.posts import Post, read_posts
 
 from .config import CotDataConfig
@@ -40,9 +40,8 @@ def _record(post: Post, teacher: Teacher, config: CotDataConfig, **fields) -> di
 
 async def process_post(post: Post, teacher: Teacher, config: CotDataConfig) -> dict:
     """Ask the teacher about one post (up to `samples` times) and build its record."""
-    loaded = open_image(post.image) if post.image else LoadedImage(None)
-    base = {"image_problem": loaded.problem or (f"image not found: {post.missing_image}"
-                                                if post.missing_image else None)}
+    loaded = post_image(post.image, post.missing_image)      # the teacher is asked text-only
+    base = {"image_problem": loaded.problem}
     if not gold_phrases(post.keyphrases):
         return _record(post, teacher, config, reason=NO_GOLD, detail="not sent: no gold keyphrases",
                        **base)
