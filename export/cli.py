@@ -41,7 +41,7 @@ def summary(report: ExportReport) -> str:
     if "max_abs_diff" in v.get("logits", {}):
         diffs = v["logits"]["max_abs_diff"]
         lines.append("parity   max |ORT - torch|: " + ", ".join(f"{k} {d:.2e}" for k, d in diffs.items())
-                     + f"  (atol {v['logits']['atol']:g})")
+                     + f"  (allowed: {v['logits']['rtol']:g} × max |value|)")
     if "identical" in v.get("greedy", {}):
         g = v["greedy"]
         lines.append(f"greedy   {g['identical']}/{g['posts']} posts identical to torch "

@@ -212,7 +212,7 @@ def _validate(src, parts, image_size: int, fp32_dir: Path, target: Path, tmp: Pa
     checks = cfg.checks
     posts = probe_posts(tmp / "probe", checks.probe_posts)
     say("validating: ORT vs torch logits")
-    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, image_size, checks.atol))}
+    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, image_size, checks.rtol))}
     say(f"validating: greedy tokens, runtime vs torch ({len(posts)} posts, left-padded)")
     result["greedy"] = _guarded(lambda: check_greedy(src.model, src.processor, fp32_dir, posts, checks))
     if cfg.precision != "fp32":

@@ -37,3 +37,14 @@ def fp32_atol(values, reduction: int, depth: int = 1, dtype=np.float32) -> float
         raise ValueError("reduction and depth must be at least 1")
     info = np.finfo(dtype)
     return max(depth * reduction * float(info.eps) * _magnitude(values), float(info.tiny))
+
+
+def student_atol(values, config) -> float:
+    """`fp32_atol` for an Idefics3 / SmolVLM-shaped student from its Hugging Face `config`: the
+    widest reduction of its text and vision stacks (hidden, intermediate, or the connector's
+    pixel-shuffled width) and depth = decoder layers + vision layers + connector + lm_head."""
+    text, vision = config.text_config, config.vision_config
+    widest = max(text.hidden_size, text.intermediate_size, vision.hidden_size,
+                 vision.intermediate_size, vision.hidden_size * config.scale_factor ** 2)
+    depth = text.num_hidden_layers + vision.num_hidden_layers + 2
+    return fp32_atol(values, reduction=widest, depth=depth)
