@@ -93,10 +93,12 @@ class TorchVariant:
 
     def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
         from train.collate import prompt_batch
+        from train.student import prompt_budget
         from transformers import LogitsProcessorList
 
-        t0 = clock()
-        batch = prompt_batch(self.processor, posts, think)
+        t0 = clock()   # long posts cut as the runtime cuts them (mmkp_edge.truncation)
+        batch = prompt_batch(self.processor, posts, think,
+                             max_prompt_tokens=prompt_budget(self.model, max_new_tokens))
         prep = clock() - t0
         steps = _StepClock(self.think_ids if think == "off" else ())
         with self.torch.inference_mode():
