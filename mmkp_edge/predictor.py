@@ -6,8 +6,9 @@
 Each input yields exactly one `Prediction`, in input order. A bad item (unreadable or missing image
 under `bad_image="error"`, a line that was not valid JSON) yields a Prediction with `error` set and
 never fails the batch. A post too long for the model's context is answered from its beginning
-(mmkp_edge.truncation, the rule training uses too) and flagged `truncated`. Valid items are prepared one by one (image opened through
-mmkp_edge.images, preprocessed, prompt encoded), then generated together in batches of
+(mmkp_edge.truncation, the rule training uses too) and flagged `truncated`. Valid items are
+prepared one by one (image opened through mmkp_edge.images, preprocessed, prompt encoded and cut
+to fit), then generated together in batches of
 `batch_size`; think mode `off` also masks `<think>`/`</think>` so no reasoning tokens can appear.
 """
 

@@ -56,10 +56,11 @@ def test_vision_geometry_exports_and_validates(tmp_path, side, patch, factor):
     assert ours.shape == (2, (grid // factor) ** 2, cfg.hidden_size)
     theirs = theirs[0].reshape(ours.shape)                                    # (N, tokens, D)
     # Same operations, but HF's vision tower gets an all-True mask where ours gets none, so the
-    # attention kernel may round differently: 1 encoder layer of width 32 plus the connector's
-    # 32·factor²-wide projection (reductions of ≤ 288 terms, see tests/tolerance.py).
-    torch.testing.assert_close(ours, theirs, rtol=0,
-                               atol=fp32_atol(theirs, reduction=32 * factor ** 2, depth=2))
+    # attention kernel may round differently: one encoder layer (attention over grid² patches, MLP
+    # 64 wide) and the connector's 32·factor²-wide projection, each sum ≤ n·2^-24 relative
+    # (tests/tolerance.py).
+    widest = max(grid * grid, 64, 32 * factor ** 2)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=fp32_atol(theirs, widest, depth=2))
 
     report = export_bundle(ExportConfig(source=str(student), out=str(tmp_path / "bundle")))
     validation = report.validation
