@@ -45,7 +45,7 @@ class BundleVariant:
 
     def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
         t0 = clock()
-        requests = [self.predictor.request(p, think) for p in posts]
+        requests = [self.predictor.request(p, think, max_new_tokens) for p in posts]
         prep = clock() - t0
         gen = self.predictor.generator(requests, think, max_new_tokens)
         finish = [0.0] * len(posts)

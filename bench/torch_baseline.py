@@ -81,11 +81,13 @@ class TorchVariant:
 
     def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
         from train.collate import prompt_batch
+        from train.student import prompt_budget
         from train.tokens import decoding_rules
         from transformers import LogitsProcessorList
 
-        t0 = clock()
-        batch = prompt_batch(self.processor, posts, think)
+        t0 = clock()   # long posts cut as the runtime cuts them (mmkp_edge.truncation)
+        batch = prompt_batch(self.processor, posts, think,
+                             max_prompt_tokens=prompt_budget(self.model, max_new_tokens))
         prep = clock() - t0
         rules = decoding_rules(self.model, self.tokenizer, think)
         steps = _StepClock(rules.suppress_ids)

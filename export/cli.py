@@ -41,7 +41,7 @@ def summary(report: ExportReport) -> str:
     if "max_abs_diff" in v.get("logits", {}):
         diffs = v["logits"]["max_abs_diff"]
         lines.append("parity   max |ORT - torch|: " + ", ".join(f"{k} {d:.2e}" for k, d in diffs.items())
-                     + f"  (atol {v['logits']['atol']:g})")
+                     + f"  (allowed: {v['logits']['rtol']:g} × max |value|)")
     if "identical" in v.get("greedy", {}):
         g = v["greedy"]
         lines.append(f"greedy   {g['identical']}/{g['posts']} posts identical to torch "
@@ -53,6 +53,21 @@ def summary(report: ExportReport) -> str:
                      f"(tokens {a['token_sequence_agreement']:.3f}; gate {a['min_agreement']:g})")
     lines.append(f"status   {report.status}")
     return "\n".join(lines)
+
+
+def agreement_hint(report: ExportReport) -> str | None:
+    """Why an int8 / fp16 bundle failed its agreement gate, and the way out — or None when the gate
+    is not what failed. Random weights are the usual cause: their logits are nearly flat, so the
+    rounding of int8 weights flips greedy tokens and the paths diverge, which no export setting
+    fixes."""
+    agreement = report.validation.get("agreement", {})
+    if agreement.get("passed", True) or "keyphrase_agreement" not in agreement:
+        return None
+    return (f"{report.precision} keyphrases match fp32 on {agreement['keyphrase_agreement']:.0%} of "
+            f"{agreement['posts']} probe posts (gate {agreement['min_agreement']:g}). An untrained, "
+            "random-weight student cannot pass this gate (its near-flat logits let int8 rounding "
+            "flip greedy tokens); train it first, or export anyway with --min-agreement 0 "
+            "(the bundle is then served without a quality check).")
 
 
 @click.command("mmkp-export")
@@ -126,6 +141,9 @@ def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | 
     if not report.ok:
         click.echo(f"mmkp-export: validation failed; {report.bundle} is marked invalid in its "
                    "manifest", err=True)
+        hint = agreement_hint(report)
+        if hint:
+            click.echo(f"mmkp-export: {hint}", err=True)
         return 1
     return 0
 

@@ -130,8 +130,8 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"loading {cfg.source}")
     src = load_source(cfg.source, cfg.stage)
-    parts = family_parts(src.model)
     image_size = int(src.family.image_settings(src.processor)["tile_size"])
+    parts = family_parts(src.model, image_size)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         tmp = Path(tmp)
         fp32_dir = tmp / "fp32"
@@ -213,7 +213,7 @@ def _validate(src, parts, image_size: int, fp32_dir: Path, target: Path, tmp: Pa
     checks = cfg.checks
     posts = probe_posts(tmp / "probe", checks.probe_posts)
     say("validating: ORT vs torch logits")
-    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, image_size, checks.atol))}
+    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, image_size, checks.rtol))}
     say(f"validating: greedy tokens, runtime vs torch ({len(posts)} posts, left-padded)")
     result["greedy"] = _guarded(lambda: check_greedy(src.model, src.processor, fp32_dir, posts, checks))
     if cfg.precision != "fp32":

@@ -2,7 +2,10 @@
 
 1. `check_logits` — every graph against the torch wrapper it was traced from, on random inputs of
    other sizes than the trace example (a prefill with an empty past and a decode step with a long
-   past, left-padded). Logits and image features must agree within `atol`; present K/V are compared
+   past, left-padded). Each output (image features, embeddings, logits, present K/V) must agree
+   within `rtol` × its largest |value| — the rounding two fp32 implementations of the same math may
+   differ by grows with the values, so a fixed absolute bound is too tight for a real student's
+   large logits and meaningless for small ones; present K/V are compared
    at real (unpadded) positions only: pad rows attend to nothing and their values are never read.
 2. `check_greedy` — the torch-free runtime (mmkp_edge.predictor, exactly what `mmkp-predict`
    runs) against the PyTorch student's greedy generation (train.generation.generate_batch), on one
@@ -47,7 +50,10 @@ PROBE_IMAGE_SIZES = ((40, 56), (64, 48), (33, 90), (120, 80), (48, 48))   # (wid
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    atol: float = 1e-3            # max |Δ| allowed between ORT and torch (logits, features, K/V)
+    rtol: float = 1e-3            # max |ORT − torch| ÷ max |torch| per output. ORT fuses and blocks
+                                  # differently: rounding only, ~√n·2^-24 per sum of n terms per
+                                  # layer (SmolVLM-256M: n ≤ 1536, 30 layers → ~1e-4, worst case
+                                  # n·2^-24·31 ≈ 3e-3); a wrong graph is off by ~1
     new_tokens: int = 16          # greedy tokens compared per probe post
     probe_posts: int = 8          # posts in the greedy batch (runtime vs torch, one batch)
     agreement_posts: int = 64     # posts in the int8 / fp16 agreement probe
@@ -56,8 +62,8 @@ class ValidateConfig:
     think: str = "auto"           # think mode of the probe prompts
 
     def validate(self) -> "ValidateConfig":
-        if self.atol <= 0 or self.new_tokens < 1 or self.probe_posts < 2 or self.agreement_posts < 2:
-            raise ValueError("atol must be > 0, new_tokens ≥ 1, probe_posts and agreement_posts ≥ 2")
+        if self.rtol <= 0 or self.new_tokens < 1 or self.probe_posts < 2 or self.agreement_posts < 2:
+            raise ValueError("rtol must be > 0, new_tokens ≥ 1, probe_posts and agreement_posts ≥ 2")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
         return self
@@ -109,22 +115,29 @@ def _max_diff(got: np.ndarray, ref: torch.Tensor) -> float:
     return float(np.abs(got.astype(np.float64) - ref.double().numpy()).max()) if got.size else 0.0
 
 
-def check_logits(parts: GraphModules, bundle: Path, image_size: int, atol: float,
+def _max_abs(ref: torch.Tensor) -> float:
+    return float(ref.abs().max()) if ref.numel() else 0.0
+
+
+def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float,
                  seed: int = 1) -> dict:
-    """Max |ORT − torch| per graph output group on fresh random inputs."""
+    """Max |ORT − torch| per graph output group on fresh random inputs, against rtol × the
+    group's max |torch value|."""
     s = parts.shape
     ios = graph_io(s)
     gen = torch.Generator().manual_seed(seed)
-    out = {}
+    out, scale = {}, {}
     with torch.no_grad():
         pixels = torch.randn(3, 3, image_size, image_size, generator=gen)     # (N, 3, S, S)
         got = _session(bundle / "vision_encoder.onnx").run(None, {"pixel_values": pixels.numpy()})
-        out["image_features"] = _max_diff(got[0], parts.vision_encoder(pixels))
+        ref = parts.vision_encoder(pixels)
+        out["image_features"], scale["image_features"] = _max_diff(got[0], ref), _max_abs(ref)
         ids = torch.randint(0, s.vocab_size, (3, 7), generator=gen)           # (B, T)
         got = _session(bundle / "embed_tokens.onnx").run(None, {"input_ids": ids.numpy()})
-        out["inputs_embeds"] = _max_diff(got[0], parts.embed_tokens(ids))
+        ref = parts.embed_tokens(ids)
+        out["inputs_embeds"], scale["inputs_embeds"] = _max_diff(got[0], ref), _max_abs(ref)
         decoder = _session(bundle / "decoder_model_merged.onnx")
-        logits, kv = 0.0, 0.0
+        logits, kv, scale["logits"], scale["present"] = 0.0, 0.0, 0.0, 0.0
         for batch, seq, past in ((3, 7, 0), (3, 1, 9)):                       # prefill, decode
             mask = torch.ones(batch, past + seq, dtype=torch.long)            # (B, P+T)
             mask[0, :3] = 0                                                   # left padding
@@ -137,12 +150,15 @@ def check_logits(parts: GraphModules, bundle: Path, image_size: int, atol: float
                                              (a.numpy() for a in args))))
             ref = parts.decoder_model_merged(*args)
             logits = max(logits, _max_diff(got[0], ref[0]))
+            scale["logits"] = max(scale["logits"], _max_abs(ref[0]))
             real = mask.bool().numpy()                                        # (B, P+T)
             for g, r in zip(got[1:], ref[1:]):                                # (B, kv, P+T, hd)
                 kv = max(kv, float(np.abs(g - r.numpy()).transpose(0, 2, 1, 3)[real].max()))
+                scale["present"] = max(scale["present"],
+                                       float(np.abs(r.numpy()).transpose(0, 2, 1, 3)[real].max()))
         out["logits"], out["present"] = logits, kv
-    worst = max(out.values())
-    return {"max_abs_diff": out, "atol": atol, "passed": bool(worst <= atol)}
+    passed = all(out[k] <= rtol * scale[k] for k in out)
+    return {"max_abs_diff": out, "max_abs_value": scale, "rtol": rtol, "passed": bool(passed)}
 
 
 # ---------------------------------------------------------------- 2. greedy parity

@@ -1,9 +1,17 @@
-"""Opening post images safely: the one place that turns a path, bytes or PIL image into RGB.
+"""Post images: the one place that finds a post's image file, opens it as RGB, and decides what
+an unusable one means.
 
-Training, the teacher and the runtime all see images through `load_image`, so EXIF orientation,
-odd modes (L, LA, P, RGBA, CMYK, I;16) and decompression bombs are handled identically everywhere.
-A missing or unreadable image is not an error: the post becomes text-only (returns None) and the
-reason is available to callers that want to report it.
+Training, evaluation, the teacher and the runtime all go through here, so three things are the
+same everywhere:
+- the lookup (`find_image`): a relative name is tried under the image root (as given, then by file
+  name — CMKP names images by URL), then beside the posts file;
+- the opening (`open_image`): EXIF orientation, odd modes (L, LA, P, RGBA, CMYK, I;16) and
+  decompression bombs are handled identically;
+- the policy (`post_image`, `BAD_IMAGE_POLICIES`): a named image that is missing, not a file or
+  not decodable is under "text-only" dropped — the post is answered / trained from its text (the
+  paper's missing-modality case; the default of training and evaluation, since CMKP ships without
+  its images) — and under "error" the post's error (the runtime's default: a caller who sent an
+  image should hear that it was not used).
 """
 
 from __future__ import annotations
@@ -12,10 +20,14 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import InputError
+
+BAD_IMAGE_POLICIES = ("error", "text-only")   # what an unusable image means (module docstring)
 MAX_PIXELS = 64_000_000   # refuse anything larger (a 8000×8000 photo is fine; bombs are not)
 
 ImageSource = str | os.PathLike | bytes | Image.Image | None
@@ -69,3 +81,45 @@ def open_image(source: ImageSource) -> LoadedImage:
 def load_image(source: ImageSource) -> Image.Image | None:
     """RGB image or None (text-only post)."""
     return open_image(source).image
+
+
+class BadImage(InputError):
+    """A post's image is unusable and the policy is "error"; the message says why (one line)."""
+
+
+def find_image(name: str | os.PathLike | None, base: Path, image_root: Path | None = None
+               ) -> str | None:
+    """The existing image file a post names, or None: an absolute path as is; a relative one under
+    `image_root` (as given, then by its file name), then under `base` (the posts file's folder)."""
+    if not name:
+        return None
+    path = Path(name)
+    candidates = [path] if path.is_absolute() else []
+    if image_root is not None and not path.is_absolute():
+        candidates += [image_root / path, image_root / path.name]
+    if not path.is_absolute():
+        candidates.append(base / path)
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in BAD_IMAGE_POLICIES:
+        raise InputError(f"bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {policy!r}")
+    return policy
+
+
+def post_image(source: ImageSource, missing: str | None = None, policy: str = "text-only"
+               ) -> LoadedImage:
+    """A post's image under the bad-image policy. `missing` is an image the post named that was not
+    found (`Post.missing_image`); a path that is not a file is not found either. An unusable image
+    raises BadImage under "error" and is LoadedImage(None, problem) under "text-only"."""
+    check_policy(policy)
+    if missing:
+        loaded = LoadedImage(None, f"image not found: {missing}")
+    elif isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        loaded = LoadedImage(None, f"image not found: {source}")
+    else:
+        loaded = open_image(source)
+    if loaded.problem is not None and policy == "error":
+        raise BadImage(loaded.problem)
+    return loaded

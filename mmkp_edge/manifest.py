@@ -9,7 +9,8 @@ special token ids and the graph shapes. A field added here is a field export mus
 `manifest.json` (schema_version 1), every key required unless marked optional:
 
     schema_version  1
-    family          "idefics3"                       student family (one adapter per family)
+    family          "idefics3"                       student family: one of RUNTIME_FAMILIES, else the
+                                                     bundle is refused at load
     source          "runs/dynamic_cot/x/merged"      checkpoint the bundle was exported from
     stage           "dynamic_cot"                    training stage of that checkpoint
     prompt          {"id": mmkp_edge.prompt.PROMPT_ID, "hash": mmkp_edge.prompt.PROMPT_HASH}
@@ -84,6 +85,11 @@ MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 DTYPES = ("float32", "float16")
 BACKENDS = ("onnx", "mlx")     # what runs the bundle: onnxruntime graphs, or an mlx-vlm checkpoint
+# The student families this runtime serves — the one list. A family's runtime side is its image
+# preprocessing (preprocess.py) and its prompt / image-token layout (chat.py, filled from this
+# manifest's chat and image data); a bundle of any other family would be fed wrong inputs without
+# an error, so it is refused at load (and export cannot write one: save() validates).
+RUNTIME_FAMILIES = ("idefics3",)
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,10 @@ class Manifest:
             raise InputError(f"manifest schema_version {self.schema_version} is not supported by this "
                              f"runtime (it reads {SCHEMA_VERSION}); re-export the bundle or upgrade "
                              f"mmkp-edge")
+        if self.family not in RUNTIME_FAMILIES:
+            raise InputError(f"manifest: family {self.family!r} is not one this runtime serves "
+                             f"({', '.join(RUNTIME_FAMILIES)}); use an mmkp-edge that knows it, or "
+                             f"export a student of a supported family")
         if self.backend not in BACKENDS:
             raise InputError(f"manifest: backend {self.backend!r} not one of {', '.join(BACKENDS)}")
         for name in GRAPH_NAMES if self.backend == "onnx" else ():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .images import find_image
 
 SEP = "<sep>"
 
@@ -79,18 +80,12 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 
 def _resolve_image(name: str | None, base: Path, image_root: Path | None) -> dict:
-    """`{"image": path}` of an existing image file, else `{"missing_image": name}` when the
-    source named one (a text-only post either way); `{}` when it named none."""
+    """`{"image": path}` of an existing image file (mmkp_edge.images.find_image, the one lookup),
+    else `{"missing_image": name}` when the source named one; `{}` when it named none."""
     if not name:
         return {}
-    candidates = [Path(name)] if Path(name).is_absolute() else []
-    if image_root is not None:
-        candidates += [image_root / name, image_root / Path(name).name]
-    candidates.append(base / name)
-    for c in candidates:
-        if c.is_file():
-            return {"image": str(c)}
-    return {"missing_image": name}
+    found = find_image(name, base, image_root)
+    return {"image": found} if found else {"missing_image": name}
 
 
 # ---------------------------------------------------------------- CMKP

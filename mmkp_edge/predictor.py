@@ -3,10 +3,12 @@
     predictor = KeyphrasePredictor.from_bundle("bundle/", threads=4)
     [p.keyphrases for p in predictor.predict([Query("storm tonight", "storm.jpg")], think="off")]
 
-Each input yields exactly one `Prediction`, in input order. A bad item (unreadable or missing image,
-a prompt longer than the model's context, a line that was not valid JSON) yields a Prediction with
-`error` set and never fails the batch. Valid items are prepared one by one (image opened through
-mmkp_edge.images, preprocessed, prompt encoded), then generated together in batches of
+Each input yields exactly one `Prediction`, in input order. A bad item (unreadable or missing image
+under `bad_image="error"`, a line that was not valid JSON) yields a Prediction with `error` set and
+never fails the batch. A post too long for the model's context is answered from its beginning
+(mmkp_edge.truncation, the rule training uses too) and flagged `truncated`. Valid items are
+prepared one by one (image opened through mmkp_edge.images, preprocessed, prompt encoded and cut
+to fit), then generated together in batches of
 `batch_size`; think mode `off` also masks `<think>`/`</think>` so no reasoning tokens can appear.
 """
 
@@ -16,19 +18,18 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import prompt
 from .bundle import Bundle
 from .decoding import rules_for_manifest
 from .errors import InputError
 from .generate import Generator, Request
-from .images import open_image
+from .images import BadImage, check_policy, post_image
 from .parser import parse
 from .posts import Post
 from .query import BadInput, Query, clean_text
+from .truncation import fit, prompt_limit
 
-BAD_IMAGE_POLICIES = ("error", "text-only")
 Item = Query | Post | BadInput | str
 
 
@@ -37,15 +38,15 @@ class PredictConfig:
     think: str = "auto"            # off | on | auto (mmkp_edge.prompt.THINK_MODES)
     batch_size: int = 8            # posts generated together
     max_new_tokens: int = 96       # per post (also capped by the model's context)
-    bad_image: str = "error"       # unreadable image: "error" the item, or answer it "text-only"
+    bad_image: str = "error"       # missing / unreadable image: "error" the item, or answer it
+                                   # "text-only" with a warning (mmkp_edge.images.BAD_IMAGE_POLICIES)
 
     def validate(self) -> "PredictConfig":
         if self.think not in prompt.THINK_MODES:
             raise InputError(f"think must be one of {', '.join(prompt.THINK_MODES)}; got {self.think!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise InputError("batch_size and max_new_tokens must be at least 1")
-        if self.bad_image not in BAD_IMAGE_POLICIES:
-            raise InputError(f"bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}")
+        check_policy(self.bad_image)
         return self
 
 
@@ -62,6 +63,7 @@ class Prediction:
                                                   # decode (its batch); batch_size
     error: str | None = None            # why there is no answer (one line)
     warning: str | None = None          # answered, but something was off (e.g. image ignored)
+    truncated: bool = False             # the post text / OCR was cut to fit the model's context
 
     @property
     def generated_tokens(self) -> int:
@@ -71,7 +73,7 @@ class Prediction:
         return {"id": self.id, "keyphrases": self.keyphrases, "rationale": self.rationale,
                 "thought": self.thought, "text": self.text, "generated_tokens": self.generated_tokens,
                 "finish": self.finish, "timings": {k: round(v, 6) for k, v in self.timings.items()},
-                "error": self.error, "warning": self.warning}
+                "error": self.error, "warning": self.warning, "truncated": self.truncated}
 
 
 @dataclass
@@ -81,13 +83,15 @@ class _Prepared:
     budget: int
     preprocess_s: float
     warning: str | None
+    truncated: bool
 
 
 def _as_query(item: Item) -> Query | BadInput:
     if isinstance(item, (Query, BadInput)):
         return item
     if isinstance(item, Post):
-        return Query(text=item.text, image=item.image, ocr=item.ocr, id=item.id)
+        return Query(text=item.text, image=item.image, ocr=item.ocr, id=item.id,
+                     missing_image=item.missing_image)
     if isinstance(item, str):
         return Query(text=item)
     return BadInput("?", f"cannot predict for a {type(item).__name__}; pass a Query, Post or str")
@@ -115,29 +119,32 @@ class KeyphrasePredictor:
     def _prepare(self, query: Query, cfg: PredictConfig) -> _Prepared | Prediction:
         t0 = time.perf_counter()
         warning = None
-        image, pixels, grid = query.image, None, None
-        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
-            return Prediction(query.id, error=f"image not found: {image}")
-        if image is not None:
-            loaded = open_image(image)
-            if loaded.image is None:
-                if cfg.bad_image == "error":
-                    return Prediction(query.id, error=loaded.problem or "unreadable image")
-                warning = f"{loaded.problem}; answered from the text only"
-            else:
-                prepared = self.bundle.preprocessor(loaded.image)
-                pixels, grid = prepared.pixel_values, (prepared.rows, prepared.cols)
-        ids = self.bundle.encoder.encode(clean_text(query.text), clean_text(query.ocr), grid, cfg.think)
+        pixels, grid = None, None
+        try:
+            loaded = post_image(query.image, query.missing_image, cfg.bad_image)
+        except BadImage as exc:
+            return Prediction(query.id, error=str(exc))
+        if loaded.problem is not None:
+            warning = f"{loaded.problem}; answered from the text only"
+        if loaded.image is not None:
+            prepared = self.bundle.preprocessor(loaded.image)
+            pixels, grid = prepared.pixel_values, (prepared.rows, prepared.cols)
+        encoder = self.bundle.encoder
+        fitted = fit(clean_text(query.text), clean_text(query.ocr),
+                     lambda text, ocr: len(encoder.encode(text, ocr, grid, "auto")),
+                     prompt_limit(self.manifest.model.max_context, cfg.max_new_tokens))
+        ids = encoder.encode(fitted.text, fitted.ocr, grid, cfg.think)
         expected = 0 if pixels is None else len(pixels) * self.manifest.image.tokens_per_image
         if int((ids == self.manifest.special_tokens.image).sum()) != expected:
             return Prediction(query.id, error=f"the post text contains the image placeholder "
                                               f"{self.manifest.image.image_token!r}; remove it")
         room = self.manifest.model.max_context - len(ids)
         if room < 1:
-            return Prediction(query.id, error=f"prompt is {len(ids)} tokens; this model takes at most "
-                                              f"{self.manifest.model.max_context - 1} (shorten the text)")
+            return Prediction(query.id, error=f"the prompt is {len(ids)} tokens without its text "
+                                              f"(chat and image tokens); this model's context is "
+                                              f"{self.manifest.model.max_context}")
         return _Prepared(query.id, Request(ids, pixels), min(cfg.max_new_tokens, room),
-                         time.perf_counter() - t0, warning)
+                         time.perf_counter() - t0, warning, fitted.truncated)
 
     def _finish(self, item: _Prepared, tokens: list[int], finish: str, times: dict,
                 think: str) -> Prediction:
@@ -145,14 +152,17 @@ class KeyphrasePredictor:
         parsed = parse(text)
         return Prediction(item.id, keyphrases=parsed.keyphrases, rationale=parsed.rationale,
                           thought=parsed.thought, text=text, token_ids=tuple(tokens), finish=finish,
-                          timings={"preprocess_s": item.preprocess_s, **times}, warning=item.warning)
+                          timings={"preprocess_s": item.preprocess_s, **times}, warning=item.warning,
+                          truncated=item.truncated)
 
     # ------------------------------------------------------------ batches
 
-    def request(self, item: Item, think: str = "auto") -> Request:
+    def request(self, item: Item, think: str = "auto", max_new_tokens: int = 96) -> Request:
         """The generation request for one post (benchmarks and parity checks drive
-        `generator()` / `Generator.step()` with these); a bad item raises InputError."""
-        prepared = self._prepare(_as_query(item), PredictConfig(think=think).validate())
+        `generator()` / `Generator.step()` with these); a bad item raises InputError. A long post
+        is cut to leave `max_new_tokens` of the context, as predict() does."""
+        cfg = PredictConfig(think=think, max_new_tokens=max_new_tokens).validate()
+        prepared = self._prepare(_as_query(item), cfg)
         if isinstance(prepared, Prediction):
             raise InputError(prepared.error)
         return prepared.request

@@ -3,8 +3,9 @@
 Unlike the training readers (mmkp_edge.posts), which refuse a whole file on its first bad line,
 serving must answer every good item and report every bad one, in input order. So the JSONL reader
 here streams lines and turns each problem — bytes that are not UTF-8, malformed JSON, a field of
-the wrong type — into a `BadInput` carrying a one-line reason, and keeps image paths as given so
-a missing file is reported rather than silently dropped to text-only.
+the wrong type — into a `BadInput` carrying a one-line reason. Image paths are looked up exactly as
+the training readers look them up (mmkp_edge.images.find_image); an image that is not found is kept
+as `missing_image`, so the bad-image policy decides (the runtime's default reports it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import ImageSource
+from .images import ImageSource, find_image
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Query:
     image: ImageSource = None    # path, bytes, PIL image or None (text-only)
     ocr: str = ""                # words read from the image, when known
     id: str | None = None        # echoed in the prediction
+    missing_image: str | None = None   # an image the input named that was not found
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,6 @@ def clean_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").strip()
 
 
-def _image_path(value: str, base: Path, image_root: Path | None) -> str:
-    path = Path(value)
-    if path.is_absolute():
-        return str(path)
-    for root in ([image_root] if image_root else []) + [base]:
-        if (root / path).exists():
-            return str(root / path)
-    return str((image_root or base) / path)
-
-
 def query_from_json(obj, where: str, base: Path, image_root: Path | None) -> Query | BadInput:
     if not isinstance(obj, dict):
         return BadInput(where, f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -58,8 +50,9 @@ def query_from_json(obj, where: str, base: Path, image_root: Path | None) -> Que
         return BadInput(qid, f"{where}: 'image' must be a path string or null")
     if not isinstance(ocr, str):
         return BadInput(qid, f"{where}: 'ocr' must be a string")
-    return Query(text=clean_text(text), image=_image_path(image, base, image_root) if image else None,
-                 ocr=clean_text(ocr), id=qid)
+    found = find_image(image, base, image_root)
+    return Query(text=clean_text(text), image=found, ocr=clean_text(ocr), id=qid,
+                 missing_image=image if image and found is None else None)
 
 
 def read_queries(path: str | os.PathLike, image_root: str | os.PathLike | None = None

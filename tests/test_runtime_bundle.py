@@ -1,5 +1,6 @@
 """The bundle loader serves only what it can reproduce, and says why not in one line."""
 
+import dataclasses
 import json
 import shutil
 
@@ -9,7 +10,7 @@ from mmkp_edge import prompt
 from mmkp_edge.bundle import Bundle, resolve_providers
 from mmkp_edge.cli.predict import main
 from mmkp_edge.errors import InputError
-from mmkp_edge.manifest import SCHEMA_VERSION, Manifest
+from mmkp_edge.manifest import RUNTIME_FAMILIES, SCHEMA_VERSION, Manifest
 from tiny_onnx import build_bundle, rewrite_manifest
 
 
@@ -76,6 +77,22 @@ def test_bundle_that_failed_export_validation_is_refused_unless_unverified(bundl
     rewrite_manifest(bundle, validation={"status": "failed", "agreement": 0.375})
     _refused(bundle, "failed export validation", "--no-verify")
     assert Bundle.load(bundle, threads=1, verify=False).manifest.validation["status"] == "failed"
+
+
+def test_unknown_family_is_refused_at_load_and_cannot_be_written(bundle, capsys):
+    rewrite_manifest(bundle, family="qwen2_vl")
+    message = _refused(bundle, "family", "'qwen2_vl'", *RUNTIME_FAMILIES)
+    assert message.count("qwen2_vl") == 1
+    with pytest.raises(InputError, match="family"):
+        Bundle.load(bundle, verify=False)                # not a check --no-verify can skip
+    with pytest.raises(SystemExit) as info:
+        main(["--bundle", str(bundle), "--no-image", "hello"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "qwen2_vl" in err and "\n" not in err
+    manifest = Manifest.load(build_bundle(bundle.parent / "fresh"))
+    with pytest.raises(InputError, match="family"):      # export's save() validates the same way
+        dataclasses.replace(manifest, family="qwen2_vl").save(bundle.parent / "fresh")
+    assert Manifest.load(bundle.parent / "fresh").family in RUNTIME_FAMILIES
 
 
 def test_unknown_prompt_hash_is_refused(bundle):

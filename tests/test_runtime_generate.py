@@ -14,6 +14,7 @@ from mmkp_edge.generate import Generator, Request, left_pad, positions_from_mask
 from mmkp_edge.predictor import KeyphrasePredictor
 from mmkp_edge.query import Query
 from tiny_onnx import build_bundle
+from tolerance import fp32_atol
 
 
 def _image(seed: int, h: int, w: int) -> Image.Image:
@@ -76,12 +77,18 @@ def test_cached_decode_equals_full_recompute(predictor):
     reqs = _requests(bundle)
     cached = Generator(bundle.graphs, reqs, **_options(bundle))
     full = Generator(bundle.graphs, reqs, **_options(bundle, use_cache=False))
+    m = bundle.manifest.model
+    # Same math with other matrix shapes (1 new row vs all rows): rounding only. The widest sums
+    # are attention over ≤ S keys (prompt + generated) and the MLP's 2·hidden; layers + lm_head
+    # chained; logits here reach ~100 (random std-1.5 weights), so the bound scales with them.
+    widest = max(2 * m.hidden_size, max(len(r.input_ids) for r in reqs) + 24)
     while not cached.done:
         cached.step()
         full.step()
         assert cached.logits.keys() == full.logits.keys()
         for i in cached.logits:
-            np.testing.assert_allclose(cached.logits[i], full.logits[i], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(cached.logits[i], full.logits[i], rtol=0,
+                                       atol=fp32_atol(full.logits[i], widest, m.num_layers + 1))
     assert full.done
     assert [o.tokens for o in cached.outputs] == [o.tokens for o in full.outputs]
     assert max(len(o.tokens) for o in cached.outputs) > 5
@@ -162,11 +169,13 @@ def test_image_splitting_bundle_generates(tmp_path):
     assert [p.token_ids for p in batched] == [p.token_ids for p in single]
 
 
-def test_prompt_longer_than_context_is_an_item_error(predictor):
+def test_a_post_longer_than_the_context_is_cut_and_leaves_its_batch_alone(predictor):
     long_post = Query("word " * 5000, id="long")
     preds = predictor.predict([POSTS[1], long_post, POSTS[5]])
-    assert preds[1].error and "at most" in preds[1].error and preds[1].id == "long"
-    assert preds[0].error is None and preds[2].error is None
+    assert preds[1].error is None and preds[1].truncated and preds[1].id == "long"
+    alone = predictor.predict([POSTS[1], POSTS[5]], batch_size=1)
+    assert [p.token_ids for p in (preds[0], preds[2])] == [p.token_ids for p in alone]
+    assert not any(p.truncated for p in alone)
 
 
 def test_io_binding_path_gives_the_same_tokens(bundle_dir):

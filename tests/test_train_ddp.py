@@ -21,8 +21,20 @@ from train.stages.config import StageConfig
 from train.stages.pipeline import default_recipe
 from train.stages.run import run_stage
 
+from tolerance import student_atol
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "dynamic_cot")
+
+
+def _atol(inputs, values) -> float:
+    """Two processes run the same math on half-batches (other padded widths, so other kernel
+    blocking) and all-reduce the gradients in another order: rounding differences in the forward,
+    bounded like any two evaluations of the student (tests/tolerance.py: widest reduction × depth ×
+    2^-23 × |value|, ≈ 6e-4 for a loss ~7; measured ≤ 7.5e-7). A real divergence — another data
+    order, a missing all-reduce — moves the step-2 loss by ~1e-2."""
+    from transformers import AutoConfig
+    return student_atol(values, AutoConfig.from_pretrained(inputs["model"]))
 
 
 def _sets(pairs):
@@ -80,10 +92,11 @@ def test_two_processes_train_exactly_what_one_process_trains(runs, stage):
         assert a["target_tokens"] == b["target_tokens"]
         assert a["supervised_tokens"] == b["supervised_tokens"]
         assert a["input_tokens"] == b["input_tokens"]
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], rel=0, abs=_atol(runs["inputs"], a["loss"]))
         if stage == "dynamic_cot":
-            assert b["direct_losses"] == pytest.approx(a["direct_losses"], abs=1e-5)
-            assert b["gammas"] == pytest.approx(a["gammas"], abs=1e-5)
+            atol = _atol(runs["inputs"], a["direct_losses"])
+            assert b["direct_losses"] == pytest.approx(a["direct_losses"], rel=0, abs=atol)
+            assert b["gammas"] == pytest.approx(a["gammas"], rel=0, abs=atol)   # quantiles of them
     if stage == "dynamic_cot":
         decisions = [x for r in one for x in r["reasoning"]]
         assert any(decisions) and not all(decisions)               # the gate really gated
@@ -134,7 +147,9 @@ def test_a_run_interrupted_in_one_process_resumes_under_two(runs):
     resumed, straight = _log(run), _log(runs["single"] / "sft" / "ddp")
     assert [r["step"] for r in resumed] == [1, 2, 3]
     assert [r["ids"] for r in resumed] == [r["ids"] for r in straight]
-    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], abs=1e-5)
+    losses = [r["loss"] for r in straight]
+    assert [r["loss"] for r in resumed] == pytest.approx(losses, rel=0,
+                                                         abs=_atol(runs["inputs"], losses))
     assert json.loads((run / "metrics.json").read_text())["train"]["resumed_from"] == 2
 
 

@@ -19,6 +19,8 @@ from train.stages.pipeline import default_recipe
 from train.stages.run import run_stage
 from train.student import load_student
 
+from tolerance import student_atol
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
@@ -173,5 +175,9 @@ def test_gradient_checkpointing_does_not_change_the_losses(inputs):
     plain = run_stage(_config(inputs, "sft", name="no-gc", **extra), log=None)
     gc = run_stage(_config(inputs, "sft", name="gc", **extra,
                            **{"train.gradient_checkpointing": "true"}), log=None)
-    assert [r["loss"] for r in _log(plain)] == pytest.approx([r["loss"] for r in _log(gc)],
-                                                             rel=1e-5)
+    # recomputing activations in the backward pass is the same math (and the same dropout
+    # masks): at most the rounding of two evaluations of the student (tests/tolerance.py); a lost
+    # dropout RNG state or a wrong recompute moves the losses by ~1e-1
+    losses = [r["loss"] for r in _log(plain)]
+    atol = student_atol(losses, load_student(inputs["model"]).model.config)
+    assert [r["loss"] for r in _log(gc)] == pytest.approx(losses, rel=0, abs=atol)

@@ -133,19 +133,50 @@ def test_init_from_a_run_of_the_wrong_stage_is_one_line(inputs, tmp_path, capsys
     _one_line_error(capsys, exc, "not a run dir")
 
 
-def test_missing_image_makes_a_text_only_post_with_a_warning(inputs, tmp_path, capsys):
-    lines = open(inputs["test"]).read().splitlines()
-    posts = [json.loads(line) for line in lines]
+def _with_bad_images(source: str, out: Path) -> tuple[Path, int]:
+    """A copy of a posts file whose first post's image is missing and second's undecodable."""
+    posts = [json.loads(line) for line in open(source)]
     for p in posts:                                   # the copy lives elsewhere: absolute paths
-        p["image"] = p["image"] and str(Path(inputs["test"]).parent / p["image"])
-    posts[0]["image"] = str(tmp_path / "gone.png")
-    test = tmp_path / "test.jsonl"
-    test.write_text("".join(json.dumps(p) + "\n" for p in posts))
-    assert main(["zero-shot", *_sets(quick(inputs, **{"data.test": str(test), "name": "img"}))]) == 0
+        p["image"] = p["image"] and str(Path(source).parent / p["image"])
+    (out.parent / "broken.png").write_bytes(b"not a png")
+    posts[0]["image"] = str(out.parent / "gone.png")
+    posts[1]["image"] = str(out.parent / "broken.png")
+    out.write_text("".join(json.dumps(p) + "\n" for p in posts))
+    return out, len(posts)
+
+
+def test_missing_and_undecodable_images_are_text_only_and_counted(inputs, tmp_path, capsys):
+    """Training and evaluation default to bad_image=text-only (CMKP ships without its images): the
+    stage runs, and metrics.json and stderr say how many posts lost their image."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    train, _ = _with_bad_images(inputs["train"], tmp_path / "train" / "train.jsonl")
+    test, n_test = _with_bad_images(inputs["test"], tmp_path / "test" / "test.jsonl")
+    sets = quick(inputs, **{"data.train": str(train), "data.test": str(test), "name": "img",
+                            "train.steps": "10"})
+    assert main(["sft", *_sets(sets)]) == 0
     out, err = capsys.readouterr()
-    assert "1 posts name an image file that does not exist" in err
+    assert "2 posts name an image file that does not exist" in err
+    assert "used text-only: 1 training, 1 eval" in err
     metrics = json.loads((Path(out.splitlines()[0]) / "metrics.json").read_text())
-    assert metrics["images"]["missing"] == 1 and metrics["n_posts"] == len(posts)
+    assert metrics["images"] == {"missing": 2, "unusable_eval": 1, "unusable_train": 1}
+    assert metrics["n_posts"] == n_test
+
+
+@pytest.mark.parametrize("which", ["missing", "undecodable"])
+def test_bad_image_error_refuses_the_data_before_any_model_loads(inputs, tmp_path, capsys,
+                                                                 no_model_loads, which):
+    test, _ = _with_bad_images(inputs["test"], tmp_path / "test.jsonl")
+    lines = open(test).read().splitlines(keepends=True)        # [missing, undecodable, good…]
+    test.write_text("".join([lines[0] if which == "missing" else lines[1], *lines[2:]]))
+    with pytest.raises(SystemExit) as exc:
+        main(["zero-shot", *_sets(quick(inputs, **{"data.test": str(test), "name": "strict",
+                                                   "data.bad_image": "error"}))])
+    needle = "image not found" if which == "missing" else "unreadable image"
+    _one_line_error(capsys, exc, needle)
+    with pytest.raises(SystemExit) as exc:
+        main(["zero-shot", *_sets(quick(inputs, **{"data.bad_image": "sometimes"}))])
+    _one_line_error(capsys, exc, "data.bad_image must be one of error, text-only")
 
 
 def test_pipeline_refuses_to_clobber_earlier_runs(pipeline_runs, inputs, capsys, no_model_loads):

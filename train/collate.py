@@ -6,10 +6,16 @@ tokenizer would merge across it, so labels cover precisely the target tokens plu
 token, and every prompt token, image token and pad is -100. Images are padded per batch the way the
 Idefics3 processor pads them (all-zero tiles, which the model skips), so text-only and image posts
 mix freely in one batch.
+
+With `max_prompt_tokens` (callers pass `train.student.prompt_budget(model, max_new_tokens)`), a post
+whose prompt before the think prime is longer is cut by mmkp_edge.truncation.fit — the runtime's
+rule, counted with this processor — so a long post is seen the same way in training, evaluation and
+serving (`encode_post`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,8 +23,9 @@ import torch
 
 from mmkp_edge import prompt
 from mmkp_edge.posts import Post
+from mmkp_edge.truncation import fit
 
-from .student import ImageStats, Rendered, render
+from .student import ImageStats, Rendered, chat_prompt, render
 
 IGNORE = -100   # label value the loss ignores
 
@@ -29,6 +36,7 @@ class Encoded:
     n_prompt: int                        # how many leading ids are prompt + prime (never trained)
     pixel_values: torch.Tensor | None    # (n_tiles, 3, H, W) or None for a text-only post
     pixel_mask: torch.Tensor | None      # (n_tiles, H, W)
+    truncated: bool = False              # the post's text / OCR was cut to fit (encode_post)
 
 
 def _leading_tag(text: str) -> tuple[str, str]:
@@ -48,16 +56,41 @@ def encode(processor, item: Rendered) -> Encoded:
         out = processor(text=[item.prompt], return_tensors="pt")
         pixels = mask = None
     tok = processor.tokenizer
-
-    def ids_of(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"] if text else []
-
-    ids = out["input_ids"][0].tolist() + ids_of(item.prime)
+    ids = out["input_ids"][0].tolist() + _ids_of(tok, item.prime)
     n_prompt = len(ids)
     if item.target is not None:
         tag, rest = _leading_tag(item.target) if not item.prime else ("", item.target)
-        ids += ids_of(tag) + ids_of(rest) + [tok.eos_token_id]
+        ids += _ids_of(tok, tag) + _ids_of(tok, rest) + [tok.eos_token_id]
     return Encoded(ids, n_prompt, pixels, mask)
+
+
+def _ids_of(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_post(processor, post: Post, think: str = "auto", target: str | None = None,
+                stats: ImageStats | None = None, max_prompt_tokens: int | None = None) -> Encoded:
+    """render + encode one post; with `max_prompt_tokens`, cut to fit first (see the module
+    docstring). Only a post that is too long pays for the search (a few more encodes)."""
+    item = render(processor, post, think, target, stats)
+    encoded = encode(processor, item)
+    n_prime = len(_ids_of(processor.tokenizer, item.prime))
+    if max_prompt_tokens is None or encoded.n_prompt - n_prime <= max_prompt_tokens:
+        return encoded
+    has_image = item.image is not None
+
+    def prompt_of(text: str, ocr: str) -> str:
+        return chat_prompt(processor, post.replace(text=text, ocr=ocr), has_image)
+
+    def count(text: str, ocr: str) -> int:                # prompt tokens before the prime
+        bare = dataclasses.replace(item, prompt=prompt_of(text, ocr), prime="", target=None)
+        return encode(processor, bare).n_prompt
+
+    fitted = fit(post.text, post.ocr, count, max_prompt_tokens)
+    if stats is not None:
+        stats.add_truncated(post.id)
+    cut = dataclasses.replace(item, prompt=prompt_of(fitted.text, fitted.ocr))
+    return dataclasses.replace(encode(processor, cut), truncated=True)
 
 
 def _pad_images(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -100,21 +133,24 @@ def pad_batch(items: Sequence[Encoded], pad_id: int, side: str, labels: bool) ->
 
 
 def train_batch(processor, posts: Sequence[Post], targets: Sequence[str],
-                stats: ImageStats | None = None) -> dict[str, torch.Tensor]:
+                stats: ImageStats | None = None, max_prompt_tokens: int | None = None
+                ) -> dict[str, torch.Tensor]:
     """Right-padded batch with `labels` = target ids + eos, -100 elsewhere.
 
     `targets` are full target strings (`prompt.direct_target` / `prompt.reasoning_target`).
     """
     if len(posts) != len(targets):
         raise ValueError(f"{len(posts)} posts but {len(targets)} targets")
-    items = [encode(processor, render(processor, p, "auto", t, stats)) for p, t in zip(posts, targets)]
+    items = [encode_post(processor, p, "auto", t, stats, max_prompt_tokens)
+             for p, t in zip(posts, targets)]
     return pad_batch(items, processor.tokenizer.pad_token_id, "right", labels=True)
 
 
 def prompt_batch(processor, posts: Sequence[Post], think: str = "off",
-                 stats: ImageStats | None = None) -> dict[str, torch.Tensor]:
+                 stats: ImageStats | None = None, max_prompt_tokens: int | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Left-padded prompts (primed for `think`) ready for `model.generate`."""
-    items = [encode(processor, render(processor, p, think, None, stats)) for p in posts]
+    items = [encode_post(processor, p, think, None, stats, max_prompt_tokens) for p in posts]
     return pad_batch(items, processor.tokenizer.pad_token_id, "left", labels=False)
 
 

@@ -18,7 +18,7 @@ import torch
 from mmkp_edge.posts import Post
 
 from .collate import prompt_batch
-from .student import ImageStats
+from .student import ImageStats, prompt_budget
 from .tokens import decoding_rules
 
 
@@ -42,7 +42,8 @@ def generate_batch(model, processor, posts: Sequence[Post], think: str = "off",
     tok = processor.tokenizer
     rules = decoding_rules(model, tok, think)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in prompt_batch(processor, posts, think, stats).items()}
+    limit = prompt_budget(model, max_new_tokens)           # long posts cut as the runtime cuts them
+    batch = {k: v.to(device) for k, v in prompt_batch(processor, posts, think, stats, limit).items()}
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
     was_training = model.training

@@ -190,7 +190,8 @@ class Progress:
 def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopConfig,
           run_dir: str | Path, *, resume: bool = False, label: str = "train",
           log: TextIO | None = sys.stderr, stats: ImageStats | None = None,
-          on_step: Callable[[dict], Any] | None = None, world: World | None = None) -> TrainSummary:
+          on_step: Callable[[dict], Any] | None = None, world: World | None = None,
+          max_prompt_tokens: int | None = None) -> TrainSummary:
     """Train `model` in place for `cfg.total_steps(len(posts))` optimizer steps.
 
     Writes `run_dir/train_log.jsonl` (one record per step) and `run_dir/checkpoints/`. With
@@ -202,6 +203,9 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
     (supervised tokens actually trained), direct_losses (the gate's scores, or None); cot_fraction;
     gamma (the last micro-batch's γ) and gammas (one per micro-batch); input_tokens,
     supervised_tokens, tokens_per_s, time_s.
+
+    `max_prompt_tokens` cuts long posts to fit (train.collate.encode_post; the stage passes
+    `train.student.prompt_budget(model, eval.max_new_tokens)`).
 
     Under a launcher (`world`, default: the running `train.distributed` session) every rank calls
     this with the same arguments; records are global and identical on every rank, and only rank 0
@@ -260,7 +264,8 @@ def train(model, processor, posts: Sequence[Post], plan: TargetPlan, cfg: LoopCo
                                      cfg.seed)
                 chunk = [posts[i] for i in idx]
                 chosen = plan.targets(model, processor, chunk)     # global: same on every rank
-                batch = train_batch(processor, world.shard(chunk), world.shard(chosen.texts), stats)
+                batch = train_batch(processor, world.shard(chunk), world.shard(chosen.texts), stats,
+                                    max_prompt_tokens)
                 rec["ids"] += [p.id for p in chunk]
                 rec["reasoning"] += chosen.reasoning
                 per_post = (batch["labels"] != IGNORE).sum(dim=1).tolist()

@@ -4,7 +4,9 @@
 directory (its `merged/` checkpoint, else its `adapter/` on top of the adapter's base). `render` is
 the single place a post becomes prompt text: the family's chat template around
 `mmkp_edge.prompt.messages`, then the think-mode prime, so training, zero-shot evaluation and the
-export parity reference all see byte-identical prompts.
+export parity reference all see byte-identical prompts. A post too long for the model's context is
+cut by train.collate.encode_post with the runtime's rule (mmkp_edge.truncation); `prompt_budget`
+is that rule's limit for a loaded model.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, NamedTuple
 
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
-from mmkp_edge.images import open_image
+from mmkp_edge.images import post_image as load_post_image
 from mmkp_edge.posts import Post
+from mmkp_edge.truncation import prompt_limit
 
 from .families import StudentFamily, family_of
 from .tokens import ensure_contract_tokens
@@ -76,18 +79,38 @@ def load_student(source: str | os.PathLike, *, dtype=None, device="cpu",
     return Student(model, processor, family)
 
 
+def prompt_budget(model, max_new_tokens: int) -> int:
+    """Most prompt tokens (before the think prime) a post may take with `model`: its decoder's
+    context (text config `max_position_embeddings`) minus the generation budget — the runtime's
+    limit with the bundle's `max_context` (mmkp_edge.truncation.prompt_limit)."""
+    context = model.config.get_text_config().max_position_embeddings
+    return prompt_limit(int(context), max_new_tokens)
+
+
 # ---------------------------------------------------------------- rendering
 
 @dataclass
 class ImageStats:
-    """Posts that named an image which could not be used (they were rendered text-only)."""
+    """What rendering had to change, counted once per post however often it is rendered (epochs):
+    posts that named an image which could not be used (rendered text-only), and posts cut to fit
+    the model's context."""
     unusable: int = 0
     examples: list[str] = field(default_factory=list)   # first few "id: reason" lines
+    truncated: int = 0                                  # posts whose text / OCR was cut
+    _seen: set = field(default_factory=set, repr=False)
 
     def add(self, post_id: str, reason: str) -> None:
+        if ("image", post_id) in self._seen:
+            return
+        self._seen.add(("image", post_id))
         self.unusable += 1
         if len(self.examples) < 5:
             self.examples.append(f"{post_id}: {reason}")
+
+    def add_truncated(self, post_id: str) -> None:
+        if ("cut", post_id) not in self._seen:
+            self._seen.add(("cut", post_id))
+            self.truncated += 1
 
 
 @dataclass(frozen=True)
@@ -109,10 +132,13 @@ class Rendered:
 
 
 def post_image(post: Post, stats: ImageStats | None = None):
-    """The post's image as RGB PIL, or None; an unusable image is counted, never raised."""
+    """The post's image as RGB PIL, or None: the "text-only" policy of mmkp_edge.images.post_image
+    (stage inputs were checked under "error" before training, see train.stages.run.prepare); an
+    unusable image is counted, never raised. A named-but-missing image was counted when the posts
+    were read (`Post.missing_image`)."""
     if post.image is None:
         return None
-    loaded = open_image(post.image)
+    loaded = load_post_image(post.image)
     if loaded.image is None and stats is not None:
         stats.add(post.id, loaded.problem or "no image")
     return loaded.image

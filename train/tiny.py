@@ -116,9 +116,10 @@ class TinyConfig:
             raise InputError("tiny: hidden_size must divide by num_heads, num_heads by num_kv_heads")
         if self.vision_hidden_size % self.vision_heads:
             raise InputError("tiny: vision_hidden_size must divide by vision_heads")
-        grid = self.image_size // self.patch_size
-        if self.image_size % self.patch_size or grid % self.scale_factor:
-            raise InputError("tiny: image_size/patch_size must be a multiple of scale_factor")
+        grid = self.image_size // self.patch_size   # patches a side (the conv drops a remainder:
+        if grid < 1 or grid % self.scale_factor:    # SmolVLM2's 384 px / 14 px → 27)
+            raise InputError("tiny: image_size // patch_size must be a positive multiple of "
+                             "scale_factor")
         if not 300 <= self.vocab_size <= 8192:
             raise InputError("tiny: vocab_size must be between 300 and 8192")
         if self.std <= 0:

@@ -2,6 +2,7 @@
 
 Thin by design: parse flags, load the bundle once, call KeyphrasePredictor, print. Exit codes:
 0 every item answered, 1 some items failed (each with its error in the output), 2 usage errors.
+A post cut to fit the model's context is answered (`truncated: true`) with a note on stderr.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import click
 
 from ..bundle import BUNDLE_ENV
-from ..predictor import BAD_IMAGE_POLICIES, KeyphrasePredictor, Prediction
+from ..images import BAD_IMAGE_POLICIES
+from ..predictor import KeyphrasePredictor, Prediction
 from ..prompt import KEYPHRASE_SEP, THINK_MODES
 from ..query import Query, read_queries
 from . import entry
@@ -52,6 +54,12 @@ class _Progress:
             click.echo(f"{prefix}mmkp-predict: {self.done} posts, {self.failed} failed, done", err=True)
 
 
+def _note_truncated(pred: Prediction) -> None:
+    if pred.truncated:
+        click.echo(f"mmkp-predict: note: {pred.id}: the post was too long for the model's context; "
+                   "answered from its beginning (truncated: true)", err=True)
+
+
 def _run_jsonl(predictor: KeyphrasePredictor, source: str, output: str | None, image_root: str | None,
                options: dict, quiet: bool) -> int:
     progress = _Progress(enabled=not quiet)
@@ -60,6 +68,7 @@ def _run_jsonl(predictor: KeyphrasePredictor, source: str, output: str | None, i
         for pred in predictor.stream(read_queries(source, image_root), **options):
             fh.write(json.dumps(pred.to_json(), ensure_ascii=False) + "\n")
             fh.flush()
+            _note_truncated(pred)
             progress.update(pred.error is not None)
     progress.close()
     return 1 if progress.failed else 0
@@ -75,6 +84,7 @@ def _show(pred: Prediction, as_json: bool) -> int:
         return 1
     if pred.warning:
         click.echo(f"mmkp-predict: warning: {pred.warning}", err=True)
+    _note_truncated(pred)
     return 0
 
 
@@ -98,7 +108,8 @@ def _show(pred: Prediction, as_json: bool) -> int:
 @click.option("--providers", default="cpu", show_default=True,
               help="Execution providers: cpu, cuda or cuda,cpu.")
 @click.option("--bad-image", type=click.Choice(BAD_IMAGE_POLICIES), default="error", show_default=True,
-              help="An unreadable image fails the post, or the post is answered from its text.")
+              help="A missing or unreadable image fails the post, or the post is answered from its text "
+                   "(with a warning).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of the keyphrase line.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files and the refusal of a bundle that "
               "failed export validation.")

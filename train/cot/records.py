@@ -8,6 +8,14 @@ same command continues where the last one stopped without losing or duplicating 
 A post may have several records only when a failed request was retried in a later run
 (`--retry-failed`); the last record of an id is the one that counts.
 
+One writer at a time: resuming is "read the ids in the file, ask for the others", so two runs on one
+file would both ask for the same posts and interleave duplicate records. `exclusive_writer` holds an
+exclusive `flock` on `<output>.lock` for a whole run (read, generate, summarise); a second run is
+refused with one line naming the holder (pid, host, start time, written into the lock file). The
+kernel drops the lock when its process dies, so a crashed or killed run never blocks the next one.
+(flock is advisory and per host: runs on different machines sharing an NFS folder are not kept
+apart.)
+
 Record fields: id, rationale, answer (list), kept, reason, detail, teacher, model,
 template_version, mode, usage {prompt_tokens, completion_tokens}, attempts, samples, error,
 image_problem, output (the raw reply), and extra_rationales with `keep_all_samples`.
@@ -15,8 +23,13 @@ image_problem, output (the raw reply), and extra_rationales with `keep_all_sampl
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmkp_edge.errors import InputError
@@ -98,3 +111,35 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    return Path(f"{path}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def exclusive_writer(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock on the rationale file `path` for the block (see the module
+    docstring); raises InputError naming the holder when another process holds it."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "starting up"
+            raise InputError(f"{path}: another cot-data run is writing it ({holder}; lock "
+                             f"{lock}); wait for it to finish, or write to another file") from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        try:
+            yield lock
+        finally:
+            os.ftruncate(fd, 0)          # a leftover lock file names nobody
+    finally:
+        os.close(fd)                     # releases the flock

@@ -17,13 +17,13 @@ import sys
 from typing import TextIO
 
 from mmkp_edge.errors import InputError
-from mmkp_edge.images import LoadedImage, open_image
+from mmkp_edge.images import post_image
 from mmkp_edge.posts import Post, read_posts
 
 from .config import CotDataConfig
 from .filter import FAILED, NO_GOLD, gold_phrases, judge
 from .progress import Progress, Tally
-from .records import RecordWriter, latest_records
+from .records import RecordWriter, exclusive_writer, latest_records
 from .teachers import Teacher, TeacherFatal, TeacherRequest, Usage, build_teacher
 from .template import SYSTEM, TEMPLATE_VERSION, read_reply, user_prompt
 
@@ -40,9 +40,8 @@ def _record(post: Post, teacher: Teacher, config: CotDataConfig, **fields) -> di
 
 async def process_post(post: Post, teacher: Teacher, config: CotDataConfig) -> dict:
     """Ask the teacher about one post (up to `samples` times) and build its record."""
-    loaded = open_image(post.image) if post.image else LoadedImage(None)
-    base = {"image_problem": loaded.problem or (f"image not found: {post.missing_image}"
-                                                if post.missing_image else None)}
+    loaded = post_image(post.image, post.missing_image)      # the teacher is asked text-only
+    base = {"image_problem": loaded.problem}
     if not gold_phrases(post.keyphrases):
         return _record(post, teacher, config, reason=NO_GOLD, detail="not sent: no gold keyphrases",
                        **base)
@@ -160,6 +159,11 @@ def run_cot_data(config: CotDataConfig, *, log: TextIO | None = None) -> dict:
     posts = read_posts(config.posts, image_root=config.image_root)
     if config.limit is not None:
         posts = posts[:config.limit]
+    with exclusive_writer(config.output):       # one writer per file, from reading it to the summary
+        return _run_locked(config, posts, log)
+
+
+def _run_locked(config: CotDataConfig, posts: list[Post], log: TextIO) -> dict:
     previous = latest_records(config.output)
     todo = _todo(posts, previous, config.retry_failed)
     already = len(posts) - len(todo)

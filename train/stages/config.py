@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mmkp_edge.errors import InputError
+from mmkp_edge.images import check_policy
 
 from ..evaluate import EvalConfig
 from ..gate import GateConfig
@@ -32,10 +33,16 @@ class DataConfig:
     image_root: str | None = None  # where relative image paths live (default: beside the file)
     max_train_posts: int = 0       # use only the first N training posts (0 = all)
     max_eval_posts: int = 0        # evaluate only the first N posts (0 = all)
+    bad_image: str = "text-only"   # a missing / undecodable image: "text-only" (counted, reported)
+                                   # or "error" (refused before training); mmkp_edge.images
 
     def validate(self) -> "DataConfig":
         if self.max_train_posts < 0 or self.max_eval_posts < 0:
             raise InputError("data.max_train_posts and data.max_eval_posts must be >= 0")
+        try:
+            check_policy(self.bad_image)
+        except InputError as exc:
+            raise InputError(f"data.{exc}") from None
         return self
 
     @property

@@ -21,6 +21,7 @@ from ..distributed import current
 from ..gate import Gate, GateConfig, choose_reasoning, quantile_gamma
 from ..loop import Targets
 from ..precision import autocast, autocast_dtype
+from ..student import prompt_budget
 
 STAGE = "dynamic_cot"
 THINK = "auto"
@@ -29,8 +30,10 @@ NEEDS_RATIONALES = True
 
 
 @torch.no_grad()
-def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0) -> list[float]:
-    """Per-post mean token NLL of the direct target under `model` (eval mode, then restored).
+def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0,
+                  max_prompt_tokens: int | None = None) -> list[float]:
+    """Per-post mean token NLL of the direct target under `model` (eval mode, then restored), long
+    posts cut exactly as for training (`max_prompt_tokens`).
 
     Under DDP each rank scores its slice of every chunk and the scores are gathered back in order,
     so every rank's gate sees the same global losses (`train.distributed`)."""
@@ -46,7 +49,8 @@ def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0) 
             if not chunk:                                    # fewer posts than ranks
                 out += world.gather([])
                 continue
-            batch = train_batch(processor, chunk, [prompt.direct_target(p.keyphrases) for p in chunk])
+            batch = train_batch(processor, chunk, [prompt.direct_target(p.keyphrases) for p in chunk],
+                                max_prompt_tokens=max_prompt_tokens)
             labels = batch.pop("labels").to(device)                           # (B, T)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device.type, autocast_dtype("auto", device.type)):
@@ -58,8 +62,10 @@ def direct_losses(model, processor, posts: Sequence[Post], batch_size: int = 0) 
 
 
 class GatedTargets:
-    def __init__(self, config: GateConfig, rationales: dict[str, str], score_batch: int) -> None:
+    def __init__(self, config: GateConfig, rationales: dict[str, str], score_batch: int,
+                 generation_budget: int) -> None:
         self.config, self.rationales, self.score_batch = config, rationales, score_batch
+        self.generation_budget = generation_budget    # eval.max_new_tokens: the prompt limit's
         self.gate = Gate(config)
         self.fixed: dict[str, tuple[float, bool]] = {}   # offline: id → (score, reasoning)
         self.fixed_gamma: float | None = None
@@ -67,7 +73,8 @@ class GatedTargets:
     def prepare(self, model, processor, posts: Sequence[Post]) -> None:
         if self.config.variant != "offline":
             return
-        losses = direct_losses(model, processor, posts, self.score_batch)
+        losses = direct_losses(model, processor, posts, self.score_batch,
+                               prompt_budget(model, self.generation_budget))
         gamma = (self.config.gamma if self.config.gamma is not None
                  else quantile_gamma(losses, self.config.quantile))
         chosen = choose_reasoning(losses, [p.id in self.rationales for p in posts], gamma)
@@ -80,7 +87,8 @@ class GatedTargets:
             reasoning = [self.fixed[p.id][1] for p in posts]
             gamma = self.fixed_gamma
         else:
-            losses = direct_losses(model, processor, posts)
+            losses = direct_losses(model, processor, posts,
+                                   max_prompt_tokens=prompt_budget(model, self.generation_budget))
             reasoning = self.gate.decide(losses, [p.id in self.rationales for p in posts])
             gamma = self.gate.last_gamma
         texts = [prompt.reasoning_target(self.rationales[p.id], p.keyphrases) if r
@@ -98,4 +106,5 @@ class GatedTargets:
 
 
 def make_plan(config, rationales: dict[str, str] | None) -> GatedTargets:
-    return GatedTargets(config.dynamic, rationales or {}, config.train.batch_size)
+    return GatedTargets(config.dynamic, rationales or {}, config.train.batch_size,
+                        config.eval.max_new_tokens)

@@ -3,7 +3,10 @@
 `prepare` does every check that can fail on the user's input — data files, image paths, the
 rationale file, the `init_from` chain — without touching torch models, so a bad input is one line
 before anything heavy starts (the pipeline preflights all four stages this way). A post whose image
-file does not exist is not an error: it becomes text-only and is counted (one warning line).
+is missing or undecodable follows `data.bad_image` (mmkp_edge.images.post_image): "text-only" (the
+default; CMKP ships without its images) trains and evaluates it from its text and reports the
+count, "error" refuses the data here, before any model loads. Long posts are cut to the model's
+context minus `eval.max_new_tokens` (train.student.prompt_budget), in training and evaluation.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mmkp_edge.errors import InputError
+from mmkp_edge.images import BadImage, post_image
 from mmkp_edge.posts import Post, read_posts
 
 from .. import rundir
-from ..student import ADAPTER_DIR, MERGED_DIR, ImageStats, resolve_source
+from ..student import ADAPTER_DIR, MERGED_DIR, ImageStats, prompt_budget, resolve_source
 from . import stage_module
 from .config import StageConfig
 
@@ -34,10 +38,18 @@ class StageInputs:
     missing_images: int                # posts whose image file does not exist (now text-only)
 
 
-def _read(path: str, image_root: str | None, limit: int) -> tuple[list[Post], int]:
-    """Posts, and how many of them name an image that was not found (now text-only)."""
+def _read(path: str, image_root: str | None, limit: int, bad_image: str) -> tuple[list[Post], int]:
+    """Posts, and how many of them name an image that was not found (text-only). Under
+    bad_image="error" every named image must exist and decode."""
     posts = read_posts(path, image_root=image_root)
     posts = posts[:limit] if limit else posts
+    if bad_image == "error":
+        for p in posts:
+            try:
+                post_image(p.image, p.missing_image, "error")
+            except BadImage as exc:
+                raise InputError(f"{path}: post {p.id}: {exc} (data.bad_image=error; with "
+                                 "data.bad_image=text-only it is used text-only)") from None
     return posts, sum(p.missing_image is not None for p in posts)
 
 
@@ -68,8 +80,9 @@ def prepare(config: StageConfig, *, check_init: bool = True, check_rationales: b
     else:
         source = str(config.init_from)              # the pipeline writes it before this stage runs
     data = config.data
-    train, missing = _read(data.train, data.image_root, data.max_train_posts) if data.train else ([], 0)
-    evals, missing_eval = _read(data.eval_path, data.image_root, data.max_eval_posts)
+    train, missing = (_read(data.train, data.image_root, data.max_train_posts, data.bad_image)
+                      if data.train else ([], 0))
+    evals, missing_eval = _read(data.eval_path, data.image_root, data.max_eval_posts, data.bad_image)
     missing += missing_eval
     if missing and log is not None:
         print(f"{config.stage}: warning: {missing} posts name an image file that does not exist; "
@@ -152,23 +165,27 @@ def _run(config: StageConfig, world, device, *, resume: bool, overwrite: bool,
         import torch
         torch.set_num_threads(config.train.cpu_threads)
     student = load_student(inputs.source, device=device, image_splitting=config.image_splitting)
-    model, summary = student.model, None
+    model, summary, train_stats = student.model, None, ImageStats()
     if module.make_plan is not None:
         model = _trainable_model(student, config)
         plan = module.make_plan(config, inputs.rationales)
         summary = train(model, student.processor, inputs.train_posts, plan, config.train, path,
-                        resume=resume, label=config.stage, log=log, on_step=on_step, world=world)
+                        resume=resume, label=config.stage, log=log, on_step=on_step, world=world,
+                        stats=train_stats,
+                        max_prompt_tokens=prompt_budget(model, config.eval.max_new_tokens))
         if world.is_main:
             _save(model, student, config, path)
     if world.is_main:
-        _evaluate(config, module, model, student, inputs, summary, path, log)
+        _evaluate(config, module, model, student, inputs, summary, path, log,
+                  None if world.parallel else train_stats)
     world.barrier()                     # the next stage (or caller) reads merged/ and metrics.json
     return path
 
 
 def _evaluate(config: StageConfig, module, model, student, inputs: StageInputs, summary,
-              path: Path, log: TextIO | None) -> None:
-    """Greedy evaluation, predictions.jsonl and metrics.json (rank 0 only)."""
+              path: Path, log: TextIO | None, train_stats: ImageStats | None) -> None:
+    """Greedy evaluation, predictions.jsonl and metrics.json (rank 0 only). `train_stats`: what
+    training's rendering changed (None under DDP, where each rank saw only its shard)."""
     from ..evaluate import evaluate
     stats = ImageStats()
     think = config.eval.think or module.THINK
@@ -183,10 +200,20 @@ def _evaluate(config: StageConfig, module, model, student, inputs: StageInputs, 
                          "cot_fraction": summary.cot_fraction, "n_posts": len(inputs.train_posts),
                          "with_rationale": inputs.with_rationale if inputs.rationales is not None
                          else None, "resumed_from": summary.resumed_from}
-    images = {"missing": inputs.missing_images, "unusable_eval": stats.unusable}
+    trained = train_stats if summary is not None else None
+    images = {"missing": inputs.missing_images, "unusable_eval": stats.unusable,
+              "unusable_train": trained.unusable if trained else None}
+    cut = {"eval": stats.truncated, "train": trained.truncated if trained else None}
+    if log is not None and (images["unusable_eval"] or images["unusable_train"]):
+        print(f"{config.stage}: posts with an unreadable image, used text-only: "
+              f"{images['unusable_train']} training, {images['unusable_eval']} eval",
+              file=log, flush=True)
+    if log is not None and (cut["eval"] or cut["train"]):
+        print(f"{config.stage}: posts cut to fit the model's context: {cut['train']} training, "
+              f"{cut['eval']} eval", file=log, flush=True)
     rundir.write_predictions(path / rundir.PREDICTIONS, result.predictions)
     rundir.write_json(path / rundir.METRICS, rundir.metrics_record(
-        config, inputs.source, result.metrics, train_figures, images))
+        config, inputs.source, {**result.metrics, "truncated_posts": cut}, train_figures, images))
 
 
 def finished(path: str | os.PathLike) -> bool:
