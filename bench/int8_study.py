@@ -1,8 +1,8 @@
 """Which int8 settings keep a real student's keyphrases: agreement with fp32, size and speed.
 
 Each variant is derived from one validated fp32 bundle by `mmkp-export`'s own path (no re-tracing),
-then scored on the same real posts by the export gate's own check (`export.validate.check_agreement`:
-greedy keyphrases, stemmed, vs the fp32 bundle) and timed at batch 1 through the runtime's
+then scored on the same real posts by the export gate's own comparison (`export.validate.agreement_of`:
+greedy keyphrases, stemmed, vs the fp32 bundle's, computed once) and timed at batch 1 through the runtime's
 `Generator` (decode ms per step; prefill excluded). Prints a table, ends with one JSON line.
 
     python -m bench.int8_study runs/real/bundle-fp32 --posts runs/real/data/test.jsonl --posts-count 300
@@ -51,7 +51,7 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
     """int8 variants of FP32_BUNDLE: agreement, bytes, decode ms/step (see module docstring)."""
     from export import ExportConfig, export_bundle
     from export.quantize import Int8Config
-    from export.validate import ValidateConfig, check_agreement
+    from export.validate import ValidateConfig, agreement_of, rules, runtime_tokens
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -60,6 +60,8 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
     probe = [p.replace(image=None) for p in read_posts(posts)[:posts_count]]
     checks = ValidateConfig(new_tokens=new_tokens, think="off", min_agreement=0.97)
     ref = Path(fp32_bundle)
+    click.echo(f"fp32: greedy on {len(probe)} posts…", err=True)
+    ref_preds, manifest = runtime_tokens(ref, probe, checks, batch_size=16)
     rows = [{"variant": "fp32", "bytes": sum(f.stat().st_size for f in ref.iterdir()),
              "decode_ms_per_step": round(_decode_ms(ref, probe[:time_posts], new_tokens), 2)}]
     with tempfile.TemporaryDirectory(prefix="int8-study-") as tmp:
@@ -70,7 +72,8 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
                                        validate=False, int8=Int8Config(**VARIANTS[name])))
             click.echo(f"{name}: derived in {time.perf_counter() - t0:.0f} s; agreement on "
                        f"{len(probe)} posts…", err=True)
-            agree = check_agreement(ref, out, probe, checks)
+            got, _ = runtime_tokens(out, probe, checks, batch_size=16)
+            agree = agreement_of(ref_preds, got, rules(manifest, checks), checks.min_agreement)
             rows.append({"variant": name, "bytes": sum(f.stat().st_size for f in out.iterdir()),
                          "keyphrase_agreement": round(agree["keyphrase_agreement"], 4),
                          "token_sequence_agreement": round(agree["token_sequence_agreement"], 4),

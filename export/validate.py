@@ -209,12 +209,15 @@ def check_agreement(reference: Path, candidate: Path, posts: list[Post],
     """Share of probe posts whose greedy keyphrases (stemmed) match the fp32 bundle's."""
     ref, manifest = runtime_tokens(reference, posts, cfg, batch_size=16)
     got, _ = runtime_tokens(candidate, posts, cfg, batch_size=16)
-    r = rules(manifest, cfg)
+    return agreement_of(ref, got, rules(manifest, cfg), cfg.min_agreement)
+
+
+def agreement_of(ref, got, r: DecodingRules, min_agreement: float) -> dict:
+    """Agreement of two prediction lists for the same posts (keyphrases stemmed; token streams)."""
     same_kp = sum([stem_key(k) for k in a.keyphrases] == [stem_key(k) for k in b.keyphrases]
                   for a, b in zip(ref, got))
-    same_tokens = sum(r.cut(a.token_ids) == r.cut(b.token_ids)
-                      for a, b in zip(ref, got))
-    agreement = same_kp / len(posts)
-    return {"posts": len(posts), "keyphrase_agreement": agreement,
-            "token_sequence_agreement": same_tokens / len(posts),
-            "min_agreement": cfg.min_agreement, "passed": agreement >= cfg.min_agreement}
+    same_tokens = sum(r.cut(a.token_ids) == r.cut(b.token_ids) for a, b in zip(ref, got))
+    agreement = same_kp / len(ref)
+    return {"posts": len(ref), "keyphrase_agreement": agreement,
+            "token_sequence_agreement": same_tokens / len(ref),
+            "min_agreement": min_agreement, "passed": agreement >= min_agreement}
