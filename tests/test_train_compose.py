@@ -32,6 +32,16 @@ def composed(text_dir, tmp_path_factory):
     return compose(str(text_dir), tmp_path_factory.mktemp("student") / "s", vision="tiny-8-32")
 
 
+def _train(model, batch, steps: int = 3) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def _rel_close(a: torch.Tensor, b: torch.Tensor, ops: int) -> None:
     """fp32 results of the same math by two code paths: each output is a sum over `ops` products,
     so rounding differences stay within ~ops·2^-24 of the values' scale (×4 headroom)."""
@@ -120,13 +130,7 @@ def test_lora_trains_the_tag_rows_and_merge_keeps_them(tmp_path, tie):
     head0 = student.model.get_output_embeddings().weight.detach().clone()
     model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0), tok)
     batch = train_batch(student.processor, POSTS, [prompt.direct_target(p.keyphrases) for p in POSTS])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(3):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    _train(model, batch)
     with torch.no_grad():
         peft_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     save_adapter(model, student.processor, tmp_path / "run" / "adapter")
@@ -174,13 +178,7 @@ def test_an_adapter_trained_on_a_tagless_checkpoint_reloads_identically(tmp_path
     tok = student.processor.tokenizer
     model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0), tok)
     batch = train_batch(student.processor, POSTS, [prompt.direct_target(p.keyphrases) for p in POSTS])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(3):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    _train(model, batch)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         want = model(**inputs).logits

@@ -24,10 +24,9 @@ import click
 
 from mmkp_edge.errors import InputError
 
+from .families.idefics3 import END_OF_UTTERANCE, IMAGE_TOKEN, ROW_COL, SMOLVLM_CHAT_TEMPLATE
 from .tokens import IMAGE_WRAPPERS, add_tokens, ensure_contract_tokens
 
-IMAGE_TOKEN, END_OF_UTTERANCE = "<image>", "<end_of_utterance>"
-ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,6 @@ CHATML_TEMPLATE = (
     "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
     "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-# SmolVLM-Instruct's own format ("User:" / "Assistant:", `<end_of_utterance>` ends a turn).
-SMOLVLM_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
 TEMPLATES = ("own", "smolvlm")
 
@@ -106,7 +97,7 @@ def load_text_model(text: str):
 def chat_template(tokenizer, which: str) -> str:
     """The student's template: the text model's own format over content lists, or SmolVLM's."""
     if which == "smolvlm":
-        return SMOLVLM_TEMPLATE
+        return SMOLVLM_CHAT_TEMPLATE
     own = tokenizer.chat_template or ""
     if "<|im_start|>" in own and tokenizer.eos_token == "<|im_end|>":
         return CHATML_TEMPLATE

@@ -26,22 +26,16 @@ from mmkp_edge.errors import InputError
 
 from .demo import demo_corpus
 from .demo.data import ALL_KEYPHRASES as DEMO_KEYPHRASES
+from .families.idefics3 import (END_OF_UTTERANCE, FAKE_AROUND, GLOBAL_IMG, IMAGE_TOKEN, ROW_COL,
+                                SMOLVLM_CHAT_TEMPLATE)
 
-PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<end_of_utterance>"
-IMAGE, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
-ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", END_OF_UTTERANCE
+IMAGE = IMAGE_TOKEN
 SPECIAL_TOKENS = (PAD, BOS, EOS, IMAGE, FAKE_AROUND, GLOBAL_IMG) + ROW_COL
 # The think/answer tags are single added tokens but *not* "special": decoding with
 # skip_special_tokens=True (here or in the torch-free runtime) keeps them, so the parser sees them.
 TAG_TOKENS = prompt.SPECIAL_TOKENS
-
-# SmolVLM-Instruct's chat template (user turn "User:" / "User: ", generation prompt "Assistant:").
-CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+CHAT_TEMPLATE = SMOLVLM_CHAT_TEMPLATE   # SmolVLM-Instruct's (user "User:" / "User: ", "Assistant:")
 
 _WORDS = """
 the be to of and a in that have i it for not on with he as you do at this but his by from they we say

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from mmkp_edge import prompt
 
+from .families.idefics3 import FAKE_AROUND, GLOBAL_IMG
+
 # What the Idefics3 processor puts around image tokens; new rows on a text-only backbone.
-IMAGE_WRAPPERS = ("<fake_token_around_image>", "<global-img>")
+IMAGE_WRAPPERS = (FAKE_AROUND, GLOBAL_IMG)
 
 
 def tag_id(tokenizer, tag: str) -> int | None:

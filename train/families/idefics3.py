@@ -22,6 +22,18 @@ from mmkp_edge.errors import InputError
 
 from . import PromptPieces, register
 
+# What the Idefics3 processor needs in a tokenizer, and SmolVLM-Instruct's chat format
+# ("User:" / "Assistant:", `<end_of_utterance>` ends a turn): used by init-tiny and init-student.
+IMAGE_TOKEN, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
 _SENTINEL = "\x00MMKP_PROMPT\x00"   # stands for the user text while rendering the template
 _CHECK_TEXT = "  check:  {image} <x> ünï  "  # self-check text (spaces, braces, unicode)
 
