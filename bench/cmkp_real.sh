@@ -30,4 +30,5 @@ SFT="$OUT/runs/sft/smollm2"
   --posts-count "$AGREE_POSTS" --batch-sizes 16 --think off --warmup 0 --max-new-tokens 48 \
   --markdown "$OUT/int8_agreement.md" | tail -n 1 > "$OUT/int8_agreement.json"
 "$BIN/python" -m bench.cmkp_table --train "$OUT/data/valid.jsonl" --test "$OUT/data/test.jsonl" \
+  --max-train "$TRAIN_POSTS" --tokenizer "$STUDENT/tokenizer.json" \
   --max-test "$TEST_POSTS" "$OUT/runs/zero_shot/smollm2" "$SFT" | tee "$OUT/table.md"

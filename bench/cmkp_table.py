@@ -7,8 +7,8 @@ Baselines (what a number has to beat to mean anything):
   first, then the post's first content words (a keyphrase copied from the post).
 A stage row comes from its run dir's `metrics.json` (the stage evaluated the same posts).
 
-    python -m bench.cmkp_table --train runs/cmkp/valid.jsonl --test runs/cmkp/test.jsonl \\
-        --max-test 300 runs/zero_shot/smollm2 runs/sft/smollm2
+    python -m bench.cmkp_table --train runs/cmkp/valid.jsonl --max-train 2000 \\
+        --test runs/cmkp/test.jsonl --max-test 300 runs/zero_shot/smollm2 runs/sft/smollm2
 """
 
 from __future__ import annotations
@@ -47,6 +47,21 @@ def copied(text: str, train_kps: dict[str, tuple[int, str]], k: int = 5) -> list
     return out[:k]
 
 
+def gold_answer_tokens(tokenizer_json: str, test_path: str, max_test: int) -> float:
+    """Mean tokens of the gold direct target `<answer>kp1; kp2</answer>` (what a stopped SFT
+    output costs: the prime `<answer>` is not generated, `</answer>` is), by the student's tokenizer."""
+    from tokenizers import Tokenizer
+
+    from mmkp_edge import prompt
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    posts = read_posts(test_path)
+    posts = posts[:max_test] if max_test else posts
+    counts = [len(tok.encode(prompt.direct_target(p.keyphrases)[len(prompt.ANSWER_OPEN):],
+                             add_special_tokens=False).ids) for p in posts]
+    return sum(counts) / len(counts)
+
+
 def _row(name: str, scores: dict, extra: dict | None = None) -> dict:
     row = {"method": name}
     for subset in ("all", "present", "absent", "seen", "unseen", "strict"):
@@ -55,8 +70,10 @@ def _row(name: str, scores: dict, extra: dict | None = None) -> dict:
     return {**row, **(extra or {})}
 
 
-def build(train_path: str, test_path: str, max_test: int, run_dirs: list[str]) -> list[dict]:
+def build(train_path: str, test_path: str, max_test: int, run_dirs: list[str],
+          max_train: int = 0) -> list[dict]:
     train, test = read_posts(train_path), read_posts(test_path)
+    train = train[:max_train] if max_train else train        # what the runs trained on: "seen"
     test = test[:max_test] if max_test else test
     counts = Counter(kp.lower() for p in train for kp in p.keyphrases)
     by_stem: dict[str, tuple[int, str]] = {}
@@ -104,10 +121,17 @@ def build(train_path: str, test_path: str, max_test: int, run_dirs: list[str]) -
               help="Training posts (the seen set and the baselines' source).")
 @click.option("--test", "test_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--max-test", type=int, default=0, help="Score the first N test posts (0 = all).")
+@click.option("--max-train", type=int, default=0,
+              help="The runs trained on the first N training posts (0 = all): the seen set and "
+                   "the baselines' source.")
+@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A student's tokenizer.json: also report the gold answers' length in tokens.")
 @click.argument("run_dirs", nargs=-1)
-def main(train_path: str, test_path: str, max_test: int, run_dirs: tuple[str, ...]) -> None:
+def main(train_path: str, test_path: str, max_test: int, max_train: int, tokenizer: str | None,
+         run_dirs: tuple[str, ...]) -> None:
     """Print the real-CMKP table (Markdown) and end with one JSON line."""
-    rows = build(train_path, test_path, max_test, list(run_dirs))
+    rows = build(train_path, test_path, max_test, list(run_dirs), max_train)
+    gold_tokens = gold_answer_tokens(tokenizer, test_path, max_test) if tokenizer else None
     click.echo("| method | F1@1 | F1@3 | MAP@5 | present F1@1 | absent F1@1 | seen F1@1 | unseen F1@1 "
                "| strict F1@3 | think | tok/post | closed |")
     click.echo("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -119,7 +143,11 @@ def main(train_path: str, test_path: str, max_test: int, run_dirs: tuple[str, ..
                    f"{r['present']['f1@1']} | {r['absent']['f1@1']} | {r['seen']['f1@1']} | "
                    f"{r['unseen']['f1@1']} | {r['strict']['f1@3']} | {r.get('think_rate', '')} | "
                    f"{r.get('tokens_per_post', '')} | {r.get('closed_rate', '')} |")
-    click.echo(json.dumps({"table": "cmkp", "test_posts": max_test or "all", "rows": rows}))
+    if gold_tokens is not None:
+        click.echo(f"gold answers: {gold_tokens:.1f} tokens per post (`<answer>…</answer>`)")
+    click.echo(json.dumps({"table": "cmkp", "test_posts": max_test or "all",
+                           "train_posts": max_train or "all",
+                           "gold_answer_tokens": gold_tokens, "rows": rows}))
 
 
 if __name__ == "__main__":
