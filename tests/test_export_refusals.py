@@ -104,3 +104,18 @@ def test_graph_io_names_follow_transformers_js():
 def test_int8_config_rejects_unsupported_settings(bad):
     with pytest.raises(ValueError):
         Int8Config(**bad).validate()
+
+
+def test_agreement_probe_takes_real_posts_text_only_where_their_image_is_absent(tmp_path):
+    from export.validate import ValidateConfig, agreement_probe
+
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("\n".join(json.dumps(r) for r in (
+        {"id": "a", "text": "storm tonight", "image": "gone.jpg", "keyphrases": ["storm"]},
+        {"id": "b", "text": "happy birthday", "keyphrases": ["birthday"]},
+        {"id": "c", "text": "cats", "keyphrases": ["cat"]})) + "\n")
+    got = agreement_probe(tmp_path / "probe", ValidateConfig(probe_file=str(posts), agreement_posts=2))
+    assert [p.id for p in got] == ["a", "b"]
+    assert all(p.image is None and p.missing_image is None for p in got)
+    synthetic = agreement_probe(tmp_path / "probe", ValidateConfig(agreement_posts=20))
+    assert len(synthetic) == 20 and len({p.text for p in synthetic}) == 20   # 20 distinct texts
