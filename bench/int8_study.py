@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from mmkp_edge.metrics import score
 from mmkp_edge.posts import read_posts
 
 VARIANTS = {   # name → Int8Config fields
@@ -24,6 +25,9 @@ VARIANTS = {   # name → Int8Config fields
     "b64": dict(block_size=64),
     "b32+fp32 head": dict(block_size=32, keep_lm_head=True),
     "b32 acc1": dict(block_size=32, accuracy_level=1),
+    "b16": dict(block_size=16),
+    "b16 asym": dict(block_size=16, symmetric=False),
+    "b32 asym": dict(block_size=32, symmetric=False),
 }
 
 
@@ -62,7 +66,13 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
     ref = Path(fp32_bundle)
     click.echo(f"fp32: greedy on {len(probe)} posts…", err=True)
     ref_preds, manifest = runtime_tokens(ref, probe, checks, batch_size=16)
+    gold = [p.keyphrases for p in probe]
+
+    def f1_at_1(preds) -> float:   # does a disagreement cost accuracy, or only flip near-ties?
+        return round(100 * score(gold, [p.keyphrases for p in preds])["all"]["f1@1"], 2)
+
     rows = [{"variant": "fp32", "bytes": sum(f.stat().st_size for f in ref.iterdir()),
+             "f1@1": f1_at_1(ref_preds),
              "decode_ms_per_step": round(_decode_ms(ref, probe[:time_posts], new_tokens), 2)}]
     with tempfile.TemporaryDirectory(prefix="int8-study-") as tmp:
         for name in names:
@@ -77,12 +87,14 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
             rows.append({"variant": name, "bytes": sum(f.stat().st_size for f in out.iterdir()),
                          "keyphrase_agreement": round(agree["keyphrase_agreement"], 4),
                          "token_sequence_agreement": round(agree["token_sequence_agreement"], 4),
+                         "f1@1": f1_at_1(got),
                          "decode_ms_per_step": round(_decode_ms(out, probe[:time_posts], new_tokens), 2)})
             click.echo(json.dumps(rows[-1]), err=True)
     fp32_bytes = rows[0]["bytes"]
-    click.echo(f"{'variant':<16}{'agree kp':>9}{'agree tok':>10}{'MB':>8}{'× fp32':>8}{'ms/step':>9}")
+    click.echo(f"{'variant':<16}{'F1@1':>7}{'agree kp':>9}{'agree tok':>10}{'MB':>8}{'× fp32':>8}"
+               f"{'ms/step':>9}")
     for r in rows:
-        click.echo(f"{r['variant']:<16}{r.get('keyphrase_agreement', 1.0):>9.3f}"
+        click.echo(f"{r['variant']:<16}{r['f1@1']:>7.2f}{r.get('keyphrase_agreement', 1.0):>9.3f}"
                    f"{r.get('token_sequence_agreement', 1.0):>10.3f}{r['bytes'] / 1e6:>8.1f}"
                    f"{r['bytes'] / fp32_bytes:>8.3f}{r['decode_ms_per_step']:>9.2f}")
     click.echo(json.dumps({"study": "int8", "posts": len(probe), "new_tokens": new_tokens,

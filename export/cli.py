@@ -85,7 +85,7 @@ def agreement_hint(report: ExportReport) -> str | None:
               help="Check ORT vs torch logits and greedy tokens right after export.")
 @click.option("--min-agreement", type=float, default=ValidateConfig.min_agreement,
               show_default=True, help="Quantized-bundle gate: share of probe posts with fp32's keyphrases.")
-@click.option("--block-size", type=click.Choice(["32", "64"]), default="32", show_default=True,
+@click.option("--block-size", type=click.Choice(["16", "32", "64"]), default="32", show_default=True,
               help="int8 weights per scale.")
 @click.option("--new-tokens", type=int, default=ValidateConfig.new_tokens, show_default=True,
               help="Greedy tokens compared per probe post.")

@@ -29,14 +29,14 @@ QUANTIZED_GRAPHS = ("vision_encoder", "decoder_model_merged")
 
 @dataclass(frozen=True)
 class Int8Config:
-    block_size: int = 32          # input weights per scale (32 or 64)
+    block_size: int = 32          # input weights per scale (16, 32 or 64)
     accuracy_level: int = 4       # MatMulNBits compute type: 4 = int8 activations (fast on CPU)
     symmetric: bool = True        # zero point fixed at 0
     keep_lm_head: bool = False    # leave the logits MatMul (lm_head) in float32
 
     def validate(self) -> "Int8Config":
-        if self.block_size not in (32, 64):
-            raise ValueError(f"int8 block_size must be 32 or 64, got {self.block_size}")
+        if self.block_size not in (16, 32, 64):
+            raise ValueError(f"int8 block_size must be 16, 32 or 64, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0-4, got {self.accuracy_level}")
         return self
