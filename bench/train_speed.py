@@ -52,8 +52,8 @@ def measure(student_dir: str, posts_path: str, steps: int, batch_size: int, prec
         if i:                                                # step 0 is the warm-up
             elapsed += time.perf_counter() - t0
             tokens += int(batch["attention_mask"].sum())
-            losses.append(float(loss))
-        click.echo(f"  {precision} step {i}/{len(batches) - 1} loss {float(loss):.3f}", err=True)
+            losses.append(loss.item())
+        click.echo(f"  {precision} step {i}/{len(batches) - 1} loss {loss.item():.3f}", err=True)
     return {"precision": precision, "steps": len(batches) - 1, "tokens": tokens,
             "seconds": round(elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1),
             "mean_loss": round(sum(losses) / len(losses), 4)}
