@@ -15,6 +15,18 @@ from mmkp_edge import prompt
 from train.collate import train_batch
 
 
+def train_steps(model, batch, steps: int, lr: float = 1e-2) -> None:
+    """`steps` AdamW steps on one batch over the trainable parameters; leaves the model in eval."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def train_briefly(tiny_dir: Path, probe_folder: Path, out: Path, steps: int = 40) -> Path:
     src = load_source(str(tiny_dir))
     posts = probe_posts(probe_folder, 8)

@@ -10,6 +10,7 @@ from PIL import Image
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 from mmkp_edge.posts import Post
+from students import train_steps
 from train.cli import main
 from train.collate import train_batch
 from train.lora import LoraSettings, apply_lora, save_adapter, trainable_parameters
@@ -36,17 +37,6 @@ def _inputs(batch):
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _train_steps(model, batch, steps):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_dir, posts, tmp_path_factory):
     """A peft student after two optimizer steps, saved as a run dir with adapter/."""
@@ -54,7 +44,7 @@ def trained(tiny_dir, posts, tmp_path_factory):
     model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0))
     batch = train_batch(student.processor, posts, [prompt.direct_target(p.keyphrases) for p in posts])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    _train_steps(model, batch, steps=2)   # two: LoRA B starts at zero, so A moves from step 2
+    train_steps(model, batch, steps=2)   # two: LoRA B starts at zero, so A moves from step 2
     run = tmp_path_factory.mktemp("run") / "sft"
     save_adapter(model, student.processor, run / "adapter")
     return model, student, batch, before, run
