@@ -100,10 +100,12 @@ def test_graph_io_names_follow_transformers_js():
     assert io["embed_tokens"].axes["input_ids"] == {0: "batch_size", 1: "sequence_length"}
 
 
-@pytest.mark.parametrize("bad", [dict(block_size=16), dict(block_size=128), dict(accuracy_level=7)])
+@pytest.mark.parametrize("bad", [dict(block_size=8), dict(block_size=128), dict(accuracy_level=7)])
 def test_int8_config_rejects_unsupported_settings(bad):
     with pytest.raises(ValueError):
         Int8Config(**bad).validate()
+    for block in (16, 32, 64):
+        assert Int8Config(block_size=block).validate().block_size == block
 
 
 def test_agreement_probe_takes_real_posts_text_only_where_their_image_is_absent(tmp_path):
