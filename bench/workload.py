@@ -4,7 +4,8 @@ Speed figures are only comparable when every variant sees byte-identical inputs,
 posts are a pure function of (count, seed): texts of varied length built from a small social-media
 vocabulary, and — for a share of the posts — a noise-and-gradient image of varied size written as
 PNG (images are resized to the model's tile, so their size changes only the preprocessing cost).
-`--posts FILE` (JSONL or CMKP) replaces them with real posts; the first `count` are used.
+`--posts FILE` (JSONL or CMKP) replaces them with real posts; the first `count` are used, those
+whose image file is absent as text-only posts.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def load_workload(cfg: WorkloadConfig, image_dir: str | os.PathLike) -> list[Pos
     posts = read_posts(cfg.posts_file)[: cfg.posts]
     if not posts:
         raise InputError(f"{cfg.posts_file}: no posts")
-    return posts
+    # a named image that is not there (CMKP ships none) makes a text-only post, as in training
+    # (`describe` reports how many posts have an image)
+    return [p.replace(missing_image=None) for p in posts]
 
 
 def describe(posts: list[Post]) -> dict:
