@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from mmkp_edge.metrics import score
-from mmkp_edge.posts import read_posts
+from mmkp_edge.posts import read_posts, text_only_where_missing
 
 VARIANTS = {   # name → Int8Config fields
     "b32": dict(block_size=32),
@@ -61,7 +61,8 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise click.UsageError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    probe = [p.replace(image=None, missing_image=None) for p in read_posts(posts)[:posts_count]]
+    probe = [p.replace(image=None)                    # text-only: times the decoder, not vision
+             for p in text_only_where_missing(read_posts(posts)[:posts_count])]
     checks = ValidateConfig(new_tokens=new_tokens, think="off", min_agreement=0.97)
     ref = Path(fp32_bundle)
     click.echo(f"fp32: greedy on {len(probe)} posts…", err=True)

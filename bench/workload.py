@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkp_edge.errors import InputError
-from mmkp_edge.posts import Post, read_posts
+from mmkp_edge.posts import Post, read_posts, text_only_where_missing
 
 WORDS = ("storm city tonight rain thunder happy birthday friends family coffee cake morning game "
          "win team music video new today sunset beach summer travel election vote dog park tree "
@@ -86,9 +86,7 @@ def load_workload(cfg: WorkloadConfig, image_dir: str | os.PathLike) -> list[Pos
     posts = read_posts(cfg.posts_file)[: cfg.posts]
     if not posts:
         raise InputError(f"{cfg.posts_file}: no posts")
-    # a named image that is not there (CMKP ships none) makes a text-only post, as in training
-    # (`describe` reports how many posts have an image)
-    return [p.replace(missing_image=None) for p in posts]
+    return text_only_where_missing(posts)      # CMKP ships no images: text-only, as in training
 
 
 def describe(posts: list[Post]) -> dict:

@@ -93,9 +93,8 @@ def probe_posts(folder: Path, count: int, seed: int = 0) -> list[Post]:
 def agreement_probe(folder: Path, cfg: ValidateConfig) -> list[Post]:
     """The agreement probe: the first `agreement_posts` posts of `probe_file`, or synthetic ones."""
     if cfg.probe_file:
-        from mmkp_edge.posts import read_posts
-        posts = [p.replace(missing_image=None)          # a named-but-absent image: text-only
-                 for p in read_posts(cfg.probe_file)[:cfg.agreement_posts]]
+        from mmkp_edge.posts import read_posts, text_only_where_missing
+        posts = text_only_where_missing(read_posts(cfg.probe_file)[:cfg.agreement_posts])
         if len(posts) < 2:
             raise ValueError(f"{cfg.probe_file}: needs at least 2 posts for the agreement probe")
         return posts

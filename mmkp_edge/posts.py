@@ -214,6 +214,13 @@ def write_jsonl(posts: Iterable[Post], path: str | os.PathLike) -> None:
             fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
 
 
+def text_only_where_missing(posts: Iterable[Post]) -> list[Post]:
+    """The posts with every named-but-absent image forgotten: training's text-only reading of a
+    dataset shipped without its images (CMKP), for tools that feed such posts to the runtime,
+    whose own default is to report a missing image as the item's error."""
+    return [p.replace(missing_image=None) if p.missing_image else p for p in posts]
+
+
 def is_jsonl(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in (".jsonl", ".json", ".ndjson")
 
