@@ -22,6 +22,7 @@ from mmkp_edge.posts import read_posts, text_only_where_missing
 
 VARIANTS = {   # name → Int8Config fields
     "b32": dict(block_size=32),
+    "b32+fp32 embeddings": dict(block_size=32, keep_embeddings=True),
     "b64": dict(block_size=64),
     "b32+fp32 head": dict(block_size=32, keep_lm_head=True),
     "b32 acc1": dict(block_size=32, accuracy_level=1),

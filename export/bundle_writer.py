@@ -75,11 +75,12 @@ def image_info(src: Source) -> ImageInfo:
         image_std=tuple(settings["image_std"]), do_image_splitting=settings["image_splitting"])
 
 
-def model_info(src: Source, shape: DecoderShape) -> ModelInfo:
+def model_info(src: Source, shape: DecoderShape, decoder: str = "traced") -> ModelInfo:
     text = src.model.config.get_text_config()
     return ModelInfo(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
                      head_dim=shape.head_dim, hidden_size=shape.hidden_size,
-                     vocab_size=shape.vocab_size, max_context=int(text.max_position_embeddings))
+                     vocab_size=shape.vocab_size, max_context=int(text.max_position_embeddings),
+                     decoder=decoder)
 
 
 def hash_files(out_dir: Path) -> dict[str, FileInfo]:
@@ -89,7 +90,7 @@ def hash_files(out_dir: Path) -> dict[str, FileInfo]:
 
 
 def build_manifest(src: Source, shape: DecoderShape, out_dir: Path, *, dtype: str = "float32",
-                   quantization: dict | None = None) -> Manifest:
+                   quantization: dict | None = None, decoder: str = "traced") -> Manifest:
     """The manifest for the files now in `out_dir` (validation pending)."""
     pieces = src.family.prompt_pieces(src.processor)
     return Manifest(
@@ -97,7 +98,7 @@ def build_manifest(src: Source, shape: DecoderShape, out_dir: Path, *, dtype: st
         prompt=PromptInfo(id=prompt.PROMPT_ID, hash=prompt.PROMPT_HASH),
         chat=ChatInfo(with_image=pieces.with_image, text_only=pieces.text_only),
         tokenizer=TokenizerInfo(file=TOKENIZER_FILE, add_special_tokens=pieces.add_special_tokens),
-        special_tokens=special_tokens(src), image=image_info(src), model=model_info(src, shape),
+        special_tokens=special_tokens(src), image=image_info(src), model=model_info(src, shape, decoder),
         graphs=dict(GRAPH_FILES), files=hash_files(out_dir), dtype=dtype,
         quantization=quantization, opset=OPSET, validation={"status": "pending"})
 

@@ -91,17 +91,24 @@ def agreement_hint(report: ExportReport) -> str | None:
               help="Greedy tokens compared per probe post.")
 @click.option("--fp32-head", is_flag=True,
               help="With --int8: keep lm_head (the logits MatMul) in float32.")
+@click.option("--fp32-embeddings", is_flag=True,
+              help="With --int8: keep the embedding table in float32 (default: int8 rows).")
 @click.option("--probe", "probe_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Agreement gate on the first --probe-posts posts of this JSONL / CMKP file "
                    "[default: synthetic probe posts].")
 @click.option("--probe-posts", type=int, default=ValidateConfig.agreement_posts, show_default=True,
               help="Posts in the int8 / fp16 agreement gate.")
+@click.option("--decoder", type=click.Choice(["auto", "fused", "traced"]), default="auto",
+              show_default=True,
+              help="Decoder graph: fused onnxruntime ops (GroupQueryAttention, RotaryEmbedding, "
+                   "SkipSimplifiedLayerNormalization; Llama text models) or traced by torch.onnx; "
+                   "auto = fused where the model allows.")
 @click.option("--stage", default=None, help="Training stage to record [default: from the run dir].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | None, validate: bool,
-        min_agreement: float, block_size: str, new_tokens: int, fp32_head: bool, probe_file: str | None,
-        probe_posts: int, stage: str | None, overwrite: bool, as_json: bool) -> int:
+        min_agreement: float, block_size: str, new_tokens: int, fp32_head: bool, fp32_embeddings: bool, probe_file: str | None,
+        probe_posts: int, decoder: str, stage: str | None, overwrite: bool, as_json: bool) -> int:
     """Export the student at SOURCE (hub id, checkpoint folder, or run dir with merged/ or
     adapter/) as an ONNX bundle for mmkp-predict. With --int8/--fp16, SOURCE may also be a
     validated fp32 bundle: its graphs are converted without re-tracing.
@@ -132,7 +139,9 @@ def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | 
         precision = "int8" if int8 else "fp16" if fp16 else "fp32"
         report = export_bundle(ExportConfig(source=source, out=out, precision=precision,
                                             overwrite=overwrite, validate=validate, stage=stage,
-                                            int8=Int8Config(block_size=int(block_size), keep_lm_head=fp32_head),
+                                            decoder=decoder,
+                                            int8=Int8Config(block_size=int(block_size), keep_lm_head=fp32_head,
+                                                            keep_embeddings=fp32_embeddings),
                                             checks=checks), progress=say)
     if as_json:
         click.echo(json.dumps(report.to_json()))

@@ -27,8 +27,9 @@ from mmkp_edge.errors import InputError
 from mmkp_edge.manifest import MANIFEST_NAME, Manifest
 
 from .bundle_writer import GRAPH_FILES, build_manifest, hash_files, with_validation, write_tokenizer
-from .graphs import export_all
-from .quantize import QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_int8
+from .graphs import DECODERS, decoder_kind, export_all
+from .quantize import (EMBEDDING_GRAPH, QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_embedding,
+                       quantize_int8)
 from .source import load_source
 from .validate import (ValidateConfig, agreement_probe, check_agreement, check_greedy, check_logits,
                        probe_posts)
@@ -45,12 +46,16 @@ class ExportConfig:
     overwrite: bool = False              # replace an existing bundle folder at `out`
     validate: bool = True                # run export's checks (a failure fails the export)
     stage: str | None = None             # training stage to record (default: from the run dir)
+    decoder: str = "auto"                # decoder graph: fused contrib ops where the model allows
+                                         # (export/fused_decoder.py), else traced; or force one
     int8: Int8Config = field(default_factory=Int8Config)
     checks: ValidateConfig = field(default_factory=ValidateConfig)
 
     def check(self) -> "ExportConfig":
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.decoder not in DECODERS:
+            raise InputError(f"decoder must be one of {', '.join(DECODERS)}")
         try:
             self.int8.validate()
             self.checks.validate()
@@ -97,6 +102,9 @@ def _derive(fp32_dir: Path, out_dir: Path, cfg: ExportConfig, say) -> dict | Non
         if name in QUANTIZED_GRAPHS:
             nodes[name] = quantize_int8(fp32_dir / file, out_dir / file, cfg.int8)
             say(f"int8: {name}: {nodes[name]} MatMulNBits")
+        elif name == EMBEDDING_GRAPH and not cfg.int8.keep_embeddings:
+            rows = quantize_embedding(fp32_dir / file, out_dir / file, cfg.int8.block_size)
+            say(f"int8: {name}: {rows} rows")
         else:
             for part in (file, file + ".data"):
                 if (fp32_dir / part).exists():
@@ -132,11 +140,15 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     src = load_source(cfg.source, cfg.stage)
     image_size = int(src.family.image_settings(src.processor)["tile_size"])
     parts = family_parts(src.model, image_size)
+    try:
+        decoder = decoder_kind(parts, cfg.decoder)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         tmp = Path(tmp)
         fp32_dir = tmp / "fp32"
         fp32_dir.mkdir()
-        graphs = export_all(parts, image_size, fp32_dir, progress=say)
+        graphs = export_all(parts, image_size, fp32_dir, progress=say, decoder=decoder)
         write_tokenizer(src, fp32_dir)
         target = fp32_dir
         quantization = None
@@ -145,10 +157,11 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
             target.mkdir()
             quantization = _derive(fp32_dir, target, cfg, say)
         dtype = "float16" if cfg.precision == "fp16" else "float32"
-        manifest = build_manifest(src, parts.shape, target, dtype=dtype, quantization=quantization)
+        manifest = build_manifest(src, parts.shape, target, dtype=dtype, quantization=quantization,
+                                  decoder=decoder)
         manifest.save(target)
-        if cfg.precision != "fp32":
-            build_manifest(src, parts.shape, fp32_dir).save(fp32_dir)   # the agreement reference
+        if cfg.precision != "fp32":                                        # the agreement reference
+            build_manifest(src, parts.shape, fp32_dir, decoder=decoder).save(fp32_dir)
         validation = {"status": "skipped"}
         if cfg.validate:
             validation = _validate(src, parts, image_size, fp32_dir, target, tmp, cfg, say)

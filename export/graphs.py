@@ -152,18 +152,48 @@ def export_graph(name: str, module: torch.nn.Module, args: tuple[torch.Tensor, .
     return ExportedGraph(name, path, time.perf_counter() - start)
 
 
+DECODERS = ("auto", "fused", "traced")
+
+
+def decoder_kind(parts: GraphModules, requested: str = "auto") -> str:
+    """"fused" (export/fused_decoder.py) or "traced" for this model: "auto" takes fused wherever
+    its structure is supported; asking for fused on a model it cannot write is an error."""
+    from .fused_decoder import supports
+
+    if requested not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {requested!r}")
+    if requested == "traced":
+        return "traced"
+    reason = supports(parts.decoder_model_merged.language_model)
+    if reason and requested == "fused":
+        raise ValueError(f"--decoder fused cannot write this model: {reason}")
+    return "traced" if reason else "fused"
+
+
 def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int = OPSET,
-               progress: Callable[[str], None] | None = None) -> dict[str, ExportedGraph]:
-    """Export vision_encoder, embed_tokens and decoder_model_merged into `out_dir`."""
+               progress: Callable[[str], None] | None = None,
+               decoder: str = "auto") -> dict[str, ExportedGraph]:
+    """Export vision_encoder, embed_tokens and decoder_model_merged into `out_dir`; the decoder is
+    traced, or written from the weights as fused ops (`decoder_kind`)."""
+    from .fused_decoder import write_decoder
+
+    kind = decoder_kind(parts, decoder)
     ios = graph_io(parts.shape)
     examples = example_inputs(parts, image_size)
     done: dict[str, ExportedGraph] = {}
     for i, name in enumerate(ios, 1):
+        fused = name == "decoder_model_merged" and kind == "fused"
         if progress:
-            progress(f"[{i}/{len(ios)}] exporting {name} …")
+            progress(f"[{i}/{len(ios)}] {'writing fused' if fused else 'exporting'} {name} …")
+        start = time.perf_counter()
         with torch.no_grad():
-            done[name] = export_graph(name, getattr(parts, name), examples[name], ios[name], out_dir,
-                                      opset)
+            if fused:
+                wrapper = parts.decoder_model_merged
+                path = write_decoder(wrapper.language_model, wrapper.lm_head, parts.shape, out_dir)
+                done[name] = ExportedGraph(name, path, time.perf_counter() - start)
+            else:
+                done[name] = export_graph(name, getattr(parts, name), examples[name], ios[name],
+                                          out_dir, opset)
         if progress:
             progress(f"[{i}/{len(ios)}] {name}: {done[name].seconds:.1f} s")
     return done

@@ -3,7 +3,10 @@
 int8 is weight-only `MatMulNBits` (com.microsoft), symmetric, one scale per block of 32–64 input
 weights, with `accuracy_level=4` (int8 compute on the activations). Only constant-weight MatMuls
 change — every nn.Linear of the decoder (lm_head included) and of the vision tower + connector —
-so the graph I/O, the KV cache and the embedding table stay float32. We do not use
+so the graph I/O and the KV cache stay float32. The embedding table (a fifth of a 135 M student's
+weights) is stored the same way, int8 with one float scale per block of each row, and dequantized
+after the lookup (Gather int8 rows and their scales, Cast, Mul): only the looked-up rows are ever
+touched, so it costs nothing per step and saves three quarters of the table's bytes. We do not use
 `quantize_dynamic`: its per-tensor activation quantization made greedy output diverge from fp32
 after a handful of tokens in the design-phase probes, and at the default accuracy level
 MatMulNBits is much slower than fp32 on CPU (DESIGN.md §5).
@@ -20,11 +23,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .graphs import MAX_IR_VERSION, quiet_loggers
 
-QUANTIZED_GRAPHS = ("vision_encoder", "decoder_model_merged")
+QUANTIZED_GRAPHS = ("vision_encoder", "decoder_model_merged")   # MatMulNBits
+EMBEDDING_GRAPH = "embed_tokens"                                     # int8 rows, when not kept
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Int8Config:
     accuracy_level: int = 4       # MatMulNBits compute type: 4 = int8 activations (fast on CPU)
     symmetric: bool = True        # zero point fixed at 0
     keep_lm_head: bool = False    # leave the logits MatMul (lm_head) in float32
+    keep_embeddings: bool = False # leave the embedding table in float32
 
     def validate(self) -> "Int8Config":
         if self.block_size not in (16, 32, 64):
@@ -46,6 +52,7 @@ class Int8Config:
         return {"method": "matmulnbits", "bits": 8, "block_size": self.block_size,
                 "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
                 "lm_head": "float32" if self.keep_lm_head else "int8",
+                "embeddings": "float32" if self.keep_embeddings else "int8",
                 "weight_only": True, "graphs": list(QUANTIZED_GRAPHS), "matmulnbits_nodes": nodes}
 
 
@@ -101,6 +108,44 @@ def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
         quantizer.process()
     save_graph(quantizer.model.model, dst)
     return count_ops(dst, "MatMulNBits")
+
+
+def quantize_embedding(src: Path, dst: Path, block_size: int) -> int:
+    """int8 copy of the embed_tokens graph at `src` (one Gather of a float table) written to `dst`:
+    symmetric int8 blocks of `block_size` along each row with one float32 scale per block.
+    Returns the table's rows. Same I/O: input_ids (B, T) → inputs_embeds (B, T, D) float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    weights = {t.name: t for t in model.graph.initializer}
+    if len(model.graph.node) != 1 or not gathers or gathers[0].input[0] not in weights:
+        raise ValueError(f"{src}: expected one Gather of a constant table, got "
+                         f"{[n.op_type for n in model.graph.node]}")
+    table = numpy_helper.to_array(weights[gathers[0].input[0]]).astype(np.float32)   # (V, D)
+    rows, dim = table.shape
+    if dim % block_size:
+        raise ValueError(f"embedding width {dim} is not a multiple of the block size {block_size}")
+    blocks = table.reshape(rows, dim // block_size, block_size)               # (V, D/b, b)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0                # (V, D/b, 1)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale), -127, 127).astype(np.int8)           # (V, D/b, b)
+    ids, out = model.graph.input[0].name, model.graph.output[0].name
+    nodes = [
+        helper.make_node("Gather", ["table_int8", ids], ["rows_int8"], name="gather_rows"),
+        helper.make_node("Gather", ["table_scale", ids], ["rows_scale"], name="gather_scales"),
+        helper.make_node("Cast", ["rows_int8"], ["rows_float"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["rows_float", "rows_scale"], ["rows"], name="dequantize"),
+        helper.make_node("Shape", [ids], ["ids_shape"], name="ids_shape"),
+        helper.make_node("Concat", ["ids_shape", "width"], ["out_shape"], name="out_shape", axis=0),
+        helper.make_node("Reshape", ["rows", "out_shape"], [out], name="rows_to_embeds"),
+    ]                                                                         # (B, T, D/b, b) → (B, T, D)
+    inits = [numpy_helper.from_array(q, "table_int8"), numpy_helper.from_array(scale, "table_scale"),
+             numpy_helper.from_array(np.array([dim], np.int64), "width")]
+    graph = helper.make_graph(nodes, model.graph.name or "embed_tokens", list(model.graph.input),
+                              list(model.graph.output), inits)
+    save_graph(helper.make_model(graph, opset_imports=list(model.opset_import)), dst)
+    return rows
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

@@ -6,6 +6,14 @@ CUDA execution provider it is a list of device OrtValues bound with IO binding, 
 straight back in as `past_key_values.*` without a host round trip each step. Evicting finished rows
 slices every past tensor (on CUDA via one host copy, only on the steps where a row finishes);
 joining prompts to a running batch (continuous batching) concatenates two caches the same way.
+
+A fused decoder (manifest `model.decoder == "fused"`: GroupQueryAttention) on CPU keeps its cache
+IN PLACE: each past tensor is a preallocated numpy buffer (B, kv, capacity, hd) whose first
+`length` positions hold the past, bound as both `past_key_values.*` and `present.*` (IO binding
+over the same memory), so the attention kernel writes the new positions into it instead of the
+graph concatenating — and this module copying out — the whole cache every step. A buffer is
+reallocated (copied once) only when a step would run past its capacity; evicting and joining work
+on the valid positions. The traced graph concatenates, so it keeps the copying path.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from .errors import InputError
 from .manifest import ModelInfo
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+HEADROOM = 64   # positions an in-place buffer is allocated beyond what a step needs (fewer regrowths)
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -31,35 +40,62 @@ def present_names(num_layers: int) -> list[str]:
 
 @dataclass
 class KVCache:
-    """Past keys/values in graph order (layer 0 key, layer 0 value, …), each (B, kv, past, hd)."""
+    """Past keys/values in graph order (layer 0 key, layer 0 value, …), each (B, kv, past, hd) —
+    or, `in_place`, (B, kv, capacity, hd) buffers whose first `length` positions are the past."""
     tensors: list            # numpy arrays (CPU) or OrtValues (CUDA)
     length: int              # past positions held
     device: str | None = None  # IO-binding device of OrtValue tensors ("cuda"); None = numpy
+    in_place: bool = False   # preallocated numpy buffers the decoder writes into (fused graphs)
+
+    @property
+    def capacity(self) -> int:
+        return self.tensors[0].shape[2] if self.in_place and self.tensors else self.length
+
+    def _past(self, t):
+        """The valid past of one tensor as numpy (B, kv, length, hd)."""
+        if self.device is not None:
+            return t.numpy()                                                  # one host round trip
+        return t[:, :, : self.length] if self.in_place else t
+
+    def _wrap(self, arrays: list[np.ndarray], length: int) -> "KVCache":
+        """A cache of the same kind holding `arrays` (B, kv, length, hd)."""
+        if self.in_place:
+            return KVCache([_buffer(a, length + HEADROOM) for a in arrays], length, in_place=True)
+        if self.device is not None:
+            arrays = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
+        return KVCache(arrays, length, self.device)
 
     def select(self, rows: np.ndarray) -> "KVCache":
         """Keep only the batch rows `rows` (eviction of finished sequences)."""
-        out = []
-        for t in self.tensors:
-            if self.device is None:
-                out.append(np.ascontiguousarray(t[rows]))                     # (B', kv, past, hd)
-            else:
-                host = np.ascontiguousarray(t.numpy()[rows])                  # one host round trip
-                out.append(ort.OrtValue.ortvalue_from_numpy(host, self.device, 0))
-        return KVCache(out, self.length, self.device)
+        if self.in_place:                           # rows of the whole buffers: capacity kept
+            return KVCache([np.ascontiguousarray(t[rows]) for t in self.tensors], self.length,
+                           in_place=True)
+        return self._wrap([np.ascontiguousarray(self._past(t)[rows]) for t in self.tensors],
+                          self.length)                                        # (B', kv, past, hd)
 
     def joined(self, other: "KVCache") -> "KVCache":
         """The rows of `self` then those of `other`, pasts aligned on the right: the shorter past is
         left-padded with zeros, which the caller masks (attention_mask 0), so no row's attention
         changes (continuous batching: prompts joining a running batch)."""
         length = max(self.length, other.length)
-        out = []
-        for a, b in zip(self.tensors, other.tensors):
-            if self.device is not None:
-                a, b = a.numpy(), b.numpy()                                   # one host round trip
-            both = np.concatenate([_pad_past(a, length), _pad_past(b, length)])   # (B+Bn, kv, S, hd)
-            out.append(both if self.device is None
-                       else ort.OrtValue.ortvalue_from_numpy(both, self.device, 0))
-        return KVCache(out, length, self.device)
+        both = [np.concatenate([_pad_past(self._past(a), length), _pad_past(other._past(b), length)])
+                for a, b in zip(self.tensors, other.tensors)]                 # (B+Bn, kv, S, hd)
+        return self._wrap(both, length)
+
+    def reserved(self, positions: int) -> "KVCache":
+        """An in-place cache with room for `positions` (reallocated, past copied, if short)."""
+        if positions <= self.capacity:
+            return self
+        return KVCache([_buffer(self._past(t), positions + HEADROOM) for t in self.tensors],
+                       self.length, in_place=True)
+
+
+def _buffer(past: np.ndarray, capacity: int) -> np.ndarray:
+    """A zeroed (B, kv, capacity, hd) buffer with `past` (B, kv, length, hd) in its first positions."""
+    b, kv, length, hd = past.shape
+    out = np.zeros((b, kv, capacity, hd), dtype=past.dtype)
+    out[:, :, :length] = past
+    return out
 
 
 def _pad_past(t: np.ndarray, length: int) -> np.ndarray:
@@ -101,6 +137,11 @@ class Graphs:
                                          else None)
         self._outputs = [o.name for o in decoder.get_outputs()]
 
+    @property
+    def in_place(self) -> bool:
+        """A fused decoder's attention writes the cache in place (module docstring); numpy only."""
+        return self.model.decoder == "fused" and self.bound_device is None
+
     # ------------------------------------------------------------ vision / embeddings
 
     def vision(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -118,6 +159,8 @@ class Graphs:
     def empty_cache(self, batch: int) -> KVCache:
         m = self.model
         zeros = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), dtype=self.float_dtype)  # (B, kv, 0, hd)
+        if self.in_place:
+            return KVCache([zeros] * len(self.past), 0, in_place=True)
         if self.bound_device:
             return KVCache([ort.OrtValue.ortvalue_from_numpy(zeros, self.bound_device, 0)
                             for _ in self.past], 0, self.bound_device)
@@ -130,7 +173,10 @@ class Graphs:
         feeds = {"inputs_embeds": embeds.astype(self.float_dtype, copy=False),
                  "attention_mask": mask.astype(np.int64, copy=False),
                  "position_ids": positions.astype(np.int64, copy=False)}
-        if self.bound_device:
+        if cache.in_place:
+            cache = cache.reserved(cache.length + embeds.shape[1])
+            logits, present = self._decode_in_place(feeds, cache), cache.tensors
+        elif self.bound_device:
             logits, present = self._decode_bound(feeds, cache)
         else:
             feeds.update(zip(self.past, cache.tensors))
@@ -138,8 +184,23 @@ class Graphs:
             logits, present = outs["logits"], [outs[n] for n in self.present]
         if logits.ndim == 3:                                                  # (B, 1, V) accepted
             logits = logits[:, -1]
-        grown = KVCache(present, cache.length + embeds.shape[1], cache.device)
+        grown = KVCache(present, cache.length + embeds.shape[1], cache.device, cache.in_place)
         return logits.astype(np.float32, copy=False), grown
+
+    def _decode_in_place(self, feeds: dict, cache: KVCache) -> np.ndarray:
+        """Past and present bound to the same numpy buffers (OrtValues over their memory): the
+        attention kernel appends this step's keys/values in place; only the logits come back."""
+        session = self.sessions["decoder_model_merged"]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output("logits", "cpu")                                  # outputs[0]
+        for past, present, buffer in zip(self.past, self.present, cache.tensors):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)        # shares the memory
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def _decode_bound(self, feeds: dict, cache: KVCache) -> tuple[np.ndarray, list]:
         """IO binding keeps past/present on the device; only the logits come to the host."""

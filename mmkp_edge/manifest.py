@@ -43,7 +43,8 @@ special token ids and the graph shapes. A field added here is a field export mus
                     Idefics3Processor's expansion; the vision graph gets the R·C tiles (row-major)
                     then the global view, each max_image_size square.
     model           {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576,
-                     "vocab_size": 49280, "max_context": 8192}
+                     "vocab_size": 49280, "max_context": 8192, "decoder": "fused"}
+                    `decoder` is optional (default "traced"): informational, the I/O is the same.
     dtype           "float32" | "float16"  (the graphs' float inputs / KV cache)
     quantization    null | {"method": "matmulnbits", "bits": 8, "block_size": 32, …}
     opset           18
@@ -150,6 +151,8 @@ class ModelInfo:
     hidden_size: int
     vocab_size: int
     max_context: int       # longest prompt + generation the decoder supports
+    decoder: str = "traced"  # how export wrote the decoder graph: "traced" (torch.onnx) or "fused"
+                           # (onnxruntime contrib ops, export/fused_decoder.py); same I/O either way
 
 
 @dataclass(frozen=True)

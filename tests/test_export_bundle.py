@@ -190,7 +190,15 @@ def test_posts_joining_a_running_batch_get_their_one_by_one_tokens(fp32, tmp_pat
 # ---------------------------------------------------------------- int8
 
 def _matmulnbits(path):
-    return sum(n.op_type == "MatMulNBits" for n in onnx.load(path, load_external_data=False).graph.node)
+    """(MatMulNBits nodes, weight elements they hold (K·N each), float MatMuls left with a
+    constant weight) of the graph at `path`."""
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    size = {n.name: {a.name: a.i for a in n.attribute} for n in nbits}
+    elements = sum(a["K"] * a["N"] for a in size.values())
+    float_left = sum(n.op_type == "MatMul" and n.input[1] in constants for n in graph.node)
+    return len(nbits), elements, float_left
 
 
 def test_int8_bundle_quantizes_every_linear_and_meets_the_gate(trained_dir, tmp_path, capsys):
@@ -205,18 +213,22 @@ def test_int8_bundle_quantizes_every_linear_and_meets_the_gate(trained_dir, tmp_
     assert report["validation"]["greedy"]["identical"] == report["validation"]["greedy"]["posts"]
 
     parts = family_parts(load_source(str(trained_dir)).model)
-    linears = {name: sum(isinstance(m, torch.nn.Linear) for m in getattr(parts, name).modules())
+    linears = {name: [m for m in getattr(parts, name).modules() if isinstance(m, torch.nn.Linear)]
                for name in GRAPHS}
-    assert linears["decoder_model_merged"] == 7 * parts.shape.num_layers + 1      # + lm_head
+    assert len(linears["decoder_model_merged"]) == 7 * parts.shape.num_layers + 1  # + lm_head
+    nodes = {}
     for name in ("vision_encoder", "decoder_model_merged"):
-        assert _matmulnbits(f"{out}/{name}.onnx") == linears[name]
-    assert _matmulnbits(f"{out}/embed_tokens.onnx") == 0
+        # every nn.Linear's weight is in a MatMulNBits (the fused decoder packs q/k/v and gate/up
+        # into one node each) and no float MatMul with a constant weight is left
+        nodes[name], elements, float_left = _matmulnbits(f"{out}/{name}.onnx")
+        assert elements == sum(m.weight.numel() for m in linears[name]) and float_left == 0
+    assert _matmulnbits(f"{out}/embed_tokens.onnx")[0] == 0
 
     manifest = Manifest.load(out)
     q = manifest.quantization
     assert (q["method"], q["bits"], q["block_size"], q["symmetric"], q["accuracy_level"]) == \
         ("matmulnbits", 8, 32, True, 4)
-    assert q["matmulnbits_nodes"] == {n: linears[n] for n in ("vision_encoder", "decoder_model_merged")}
+    assert q["matmulnbits_nodes"] == nodes
     # the runtime serves it and the answers are real keyphrases, not an empty / degenerate output
     preds = KeyphrasePredictor.from_bundle(out).predict(["Storm hits the city tonight"], think="auto")
     assert preds[0].keyphrases and preds[0].finish == "stop"
@@ -233,7 +245,7 @@ def test_int8_can_keep_the_lm_head_in_float32(fp32, tmp_path):
                                int8=Int8Config(keep_lm_head=True)))
     kept = onnx.load(f"{out}/decoder_model_merged.onnx", load_external_data=False)
     assert any(n.name == head and n.op_type == "MatMul" for n in kept.graph.node)
-    assert _matmulnbits(f"{out}/decoder_model_merged.onnx") == \
+    assert _matmulnbits(f"{out}/decoder_model_merged.onnx")[0] == \
         _matmulnbits_of_default(fp32.bundle, tmp_path) - 1
     assert Manifest.load(out).quantization["lm_head"] == "float32"
 
@@ -241,7 +253,7 @@ def test_int8_can_keep_the_lm_head_in_float32(fp32, tmp_path):
 def _matmulnbits_of_default(fp32_bundle, tmp_path):
     out = tmp_path / "int8-default"
     export_bundle(ExportConfig(source=fp32_bundle, out=str(out), precision="int8", validate=False))
-    return _matmulnbits(f"{out}/decoder_model_merged.onnx")
+    return _matmulnbits(f"{out}/decoder_model_merged.onnx")[0]
 
 
 def test_int8_gate_fails_on_a_chaotic_random_student(fp32, tmp_path, capsys):
