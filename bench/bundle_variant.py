@@ -2,7 +2,8 @@
 
 This is exactly what `mmkp-predict` runs (KeyphrasePredictor.request → generator → step), driven
 step by step so the first step (vision + prefill) and every later step (one token for each row
-still running; finished rows are evicted) are timed from the same primitive.
+still running; finished rows are evicted) are timed from the same primitive. Forced (`force=True`),
+the generator ignores the stop ids and every row runs its whole budget.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmkp_edge import prompt
+from mmkp_edge.decoding import rules_for_manifest
 from mmkp_edge.parser import parse
 from mmkp_edge.posts import Post
 from mmkp_edge.predictor import KeyphrasePredictor
@@ -39,15 +41,18 @@ class BundleVariant:
                 "bundle_bytes": bundle_bytes(self.path), "load_s": round(self.load_s, 3)}
 
     def output(self, tokens: list[int], think: str) -> PostOutput:
-        text = prompt.prime(think) + self.predictor.bundle.encoder.decode(tokens, self.predictor.tags)
+        # keyphrases from the tokens up to the first stop (a forced row ran past it)
+        answer = rules_for_manifest(self.manifest.special_tokens, think).cut(tokens)
+        text = prompt.prime(think) + self.predictor.bundle.encoder.decode(answer, self.predictor.tags)
         parsed = parse(text)
         return PostOutput(tokens=list(tokens), keyphrases=parsed.keyphrases, thought=parsed.thought)
 
-    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
+    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int,
+                  force: bool = False) -> BatchRun:
         t0 = clock()
         requests = [self.predictor.request(p, think, max_new_tokens) for p in posts]
         prep = clock() - t0
-        gen = self.predictor.generator(requests, think, max_new_tokens)
+        gen = self.predictor.generator(requests, think, max_new_tokens, stops=not force)
         finish = [0.0] * len(posts)
         ttft = None
         while not gen.done:

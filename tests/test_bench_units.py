@@ -1,6 +1,8 @@
 """The benchmark's pure parts: agreement, the floor's byte count, summarising timed batches, the
 seeded workload, make-model's shapes, and the CLI's default command."""
 
+import sys
+
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -117,7 +119,7 @@ class _Scripted:
     def __init__(self):
         self.walls = iter([9.0, 3.0, 1.0, 2.0])             # warm-up, then three timed passes
 
-    def run_batch(self, posts, think, max_new_tokens):
+    def run_batch(self, posts, think, max_new_tokens, force=False):
         wall = next(self.walls)
         return BatchRun(prep_s=0.0, ttft_s=wall / 2, end_s=wall, decode_steps=1,
                         finish_s=[wall] * len(posts), outputs=[out([1, 2]) for _ in posts])
@@ -132,3 +134,15 @@ def test_keep_best_summarises_only_the_fastest_pass(keep, posts, wall):
     (m,) = measure(_Scripted(), [Post(id="a"), Post(id="b")], cfg)
     assert m.posts == posts and m.wall_s == pytest.approx(wall)
     assert m.tokens_per_s * m.wall_s == pytest.approx(m.tokens)
+
+
+def test_a_missing_llama_extra_is_one_line_naming_the_install_before_timing(tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)          # `import llama_cpp` fails
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(SystemExit) as exc:
+        main([str(build_bundle(tmp_path / "b")), "--llama-cpp", str(tmp_path / "m.gguf")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mmkp-bench: error: llama.cpp needs the llama extra (llama-cpp-python): "
+                   "pip install 'mmkp-edge[llama]'"]                 # nothing timed before it
