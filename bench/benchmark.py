@@ -44,6 +44,7 @@ class BenchConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     bandwidth_mb: int = 256                    # copy-test buffer
     verify: bool = True                        # sha256-check bundles; refuse failed validation
+    reuse_prefix: bool = True                  # bundles prefill from the prompt prefix's cached K/V
 
     def validate(self) -> "BenchConfig":
         if not self.bundles:
@@ -189,7 +190,8 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         variants, measurements = [], []
         for path, name in zip(cfg.bundles, variant_names(cfg.bundles)):
             say(f"{name}: loading {path}")
-            make = lambda p=path, n=name: BundleVariant(p, n, cfg.threads, cfg.verify)   # noqa: E731
+            make = lambda p=path, n=name: BundleVariant(p, n, cfg.threads, cfg.verify,
+                                                                cfg.reuse_prefix)   # noqa: E731
             info, results = _measure_variant(make, posts, cfg, bandwidth, decoder_weight_bytes(path), say)
             variants.append(info)
             measurements += results
@@ -214,7 +216,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         "benchmark": "mmkp-bench", "machine": facts,
         "config": {"bundles": list(cfg.bundles), "torch_model": cfg.torch_model,
                    "llama_cpp": list(cfg.llama_cpp), "threads": cfg.threads,
-                   "verify": cfg.verify,
+                   "verify": cfg.verify, "reuse_prefix": cfg.reuse_prefix,
                    "workload": asdict(cfg.workload), "timing": asdict(cfg.timing)},
         "workload": workload, "bandwidth": bandwidth.to_json(), "variants": variants,
         "measurements": [m.to_json() for m in measurements], "agreement": agreement,

@@ -26,8 +26,10 @@ def bundle_bytes(path: str | Path) -> int:
 
 
 class BundleVariant:
-    def __init__(self, path: str | Path, name: str, threads: int | None = None, verify: bool = True):
+    def __init__(self, path: str | Path, name: str, threads: int | None = None, verify: bool = True,
+                 reuse_prefix: bool = True):
         self.path = Path(path)
+        self.reuse_prefix = reuse_prefix   # prefill from the shared prompt prefix's cached K/V
         self.name = name
         start = clock()
         self.predictor = KeyphrasePredictor.from_bundle(path, threads=threads, verify=verify)
@@ -38,7 +40,8 @@ class BundleVariant:
         q = self.manifest.quantization
         return {"kind": "onnxruntime", "path": str(self.path), "dtype": self.manifest.dtype,
                 "quantization": (f"int{q['bits']} {q['method']} block {q['block_size']}" if q else None),
-                "bundle_bytes": bundle_bytes(self.path), "load_s": round(self.load_s, 3)}
+                "bundle_bytes": bundle_bytes(self.path), "load_s": round(self.load_s, 3),
+                "decoder": self.manifest.model.decoder, "reuse_prefix": self.reuse_prefix}
 
     def output(self, tokens: list[int], think: str) -> PostOutput:
         # keyphrases from the tokens up to the first stop (a forced row ran past it)
@@ -52,7 +55,8 @@ class BundleVariant:
         t0 = clock()
         requests = [self.predictor.request(p, think, max_new_tokens) for p in posts]
         prep = clock() - t0
-        gen = self.predictor.generator(requests, think, max_new_tokens, stops=not force)
+        gen = self.predictor.generator(requests, think, max_new_tokens, stops=not force,
+                                       reuse_prefix=self.reuse_prefix)
         finish = [0.0] * len(posts)
         ttft = None
         while not gen.done:

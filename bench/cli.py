@@ -114,10 +114,13 @@ def cli() -> None:
 @click.option("--no-verify", is_flag=True,
               help="Skip the bundles' sha256 check and benchmark bundles that failed export "
                    "validation (e.g. random-weight int8).")
+@click.option("--no-prefix-reuse", is_flag=True,
+              help="Bundles prefill every prompt whole instead of from the shared prompt prefix's "
+                   "cached K/V (as engines without prefix caching do).")
 @click.option("--json-only", is_flag=True, help="Print only the JSON line on stdout.")
 def run_command(bundles, torch_model, llama_cpp, batch_sizes, think, threads, posts_file, posts_count,
                 image_share, seed, repeats, warmup, keep, max_new_tokens, force_tokens, bandwidth_mb,
-                plot_path, markdown_path, no_verify, json_only) -> int:
+                plot_path, markdown_path, no_verify, no_prefix_reuse, json_only) -> int:
     """Benchmark BUNDLE… (the first is the agreement reference) on a fixed workload.
 
     \b
@@ -127,7 +130,7 @@ def run_command(bundles, torch_model, llama_cpp, batch_sizes, think, threads, po
     cfg = BenchConfig(
         bundles=tuple(bundles), torch_model=torch_model,
         llama_cpp=tuple(g for text in llama_cpp for g in _words(text)), threads=threads,
-        bandwidth_mb=bandwidth_mb, verify=not no_verify,
+        bandwidth_mb=bandwidth_mb, verify=not no_verify, reuse_prefix=not no_prefix_reuse,
         workload=WorkloadConfig(posts=posts_count, seed=seed, image_share=image_share,
                                 posts_file=posts_file),
         timing=TimingConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), think_modes=_words(think),

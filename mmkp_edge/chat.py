@@ -81,6 +81,17 @@ class PromptEncoder:
             ids = ids + self.tokenizer.encode(primed, add_special_tokens=False).ids
         return np.asarray(ids, dtype=np.int64)
 
+    def prefix_ids(self) -> np.ndarray:
+        """Ids every text-only prompt starts with (chat template + instruction up to the post),
+        for prefix reuse (mmkp_edge.generate). The last token is dropped: BPE may merge it with
+        the post's first characters; a prompt that does not start with these ids simply is not
+        reused, so this only ever has to be a prefix of most prompts, never of all."""
+        head = prompt.user_text("")                                   # instruction + "Post:"
+        text = _PLACEHOLDER.sub(lambda m: head if m.group(1) == "prompt" else "",
+                                self.chat.text_only.split("{prompt}")[0] + "{prompt}")
+        ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
+        return np.asarray(ids[:-1], dtype=np.int64)
+
     def decode(self, ids, keep: dict[int, str] | None = None) -> str:
         """Generated ids → text. Special tokens are dropped except the ids in `keep` (id → text),
         which the parser needs (<think>, </think>, <answer>, </answer>)."""

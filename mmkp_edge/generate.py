@@ -17,6 +17,17 @@ with zeros and the attention mask with 0s, so every row keeps its own positions 
 mask) and attends to exactly its own tokens, and greedy output per prompt equals the one-by-one
 output. `cancel()` frees a row at once (a client went away); `pop()` forgets a finished request so
 a long-lived generator holds only live rows.
+
+Prefix reuse: every text-only prompt starts with the same ~30 tokens (chat template + instruction,
+`PromptEncoder.prefix_ids`), 40 % of a CMKP prompt. Keys and values of a token depend only on the
+tokens before it and its position, and every prompt's real tokens start at position 0, so that
+prefix's K/V are the same for every post: `Graphs.prefix_cache` computes them once, and a prefill
+whose rows start with `prefix` feeds only the rest, with the prefix's K/V tiled in as the past
+(row layout: prefix, left pads, rest — the mask hides the pads, positions continue from the
+prefix). Rows that do not start with it (an image comes first) are prefilled whole in the same
+step. A fused decoder's attention takes a past under several new tokens only for one row, so
+there each reusing row is its own prefill call (prefill is compute-bound: the same work either
+way). `use_cache=False` (the reference path) never reuses.
 """
 
 from __future__ import annotations
@@ -84,7 +95,8 @@ class Generator:
 
     def __init__(self, graphs: Graphs, requests: Sequence[Request], *, image_token_id: int,
                  pad_id: int, stop_ids: Iterable[int], max_new_tokens: int | Sequence[int],
-                 suppress_ids: Iterable[int] = (), use_cache: bool = True, evict: bool = True):
+                 suppress_ids: Iterable[int] = (), use_cache: bool = True, evict: bool = True,
+                 prefix: Sequence[int] = ()):
         self.graphs = graphs
         self.image_token_id = image_token_id
         self.pad_id = pad_id
@@ -92,6 +104,9 @@ class Generator:
         self.suppress_ids = np.asarray(sorted(set(suppress_ids)), dtype=np.int64)
         self.use_cache = use_cache
         self.evict = evict
+        self.prefix = np.asarray(prefix if use_cache else (), dtype=np.int64)   # (p,) reused ids
+        if np.isin(self.prefix, [image_token_id]).any():
+            raise ValueError("the reused prefix holds an image token: its rows are not constant")
         self.requests: list[Request | None] = []      # by request index (None once popped)
         self.outputs: list[Output | None] = []        # by request index (None once popped)
         self.budgets: list[int] = []                  # by request index: max new tokens
@@ -175,22 +190,31 @@ class Generator:
             embeds[slots] = feats.astype(embeds.dtype, copy=False)
         return embeds
 
-    def _join(self) -> tuple[np.ndarray, np.ndarray]:
-        """Prefill the pending prompts and append them as batch rows → (their rows, logits (Bn, V))."""
-        t0 = time.perf_counter()
-        vision_before = self.times.vision_s
-        new, self._pending = self._pending, []
-        requests = [self.requests[i] for i in new]
-        ids, mask = left_pad([r.input_ids for r in requests], self.pad_id)   # (Bn, L)
+    def _starts_with_prefix(self, ids: np.ndarray) -> bool:
+        p = len(self.prefix)
+        return 0 < p < len(ids) and bool(np.array_equal(ids[:p], self.prefix))
+
+    def _prefill(self, requests: Sequence[Request], reuse: bool):
+        """Prefill one group of prompts → (mask (Bn, S), cache, logits (Bn, V), embeds or None).
+        `reuse`: every prompt starts with `self.prefix`, whose cached K/V become the past."""
+        cut = len(self.prefix) if reuse else 0
+        ids, mask = left_pad([r.input_ids[cut:] for r in requests], self.pad_id)  # (Bn, L)
         embeds = self._prompt_embeds(ids, requests)                           # (Bn, L, D)
-        logits, cache = self.graphs.decode(embeds, mask, positions_from_mask(mask),
-                                           self.graphs.empty_cache(len(new)))
-        if self.evict and not self.running.any():
-            self._keep(self.active[:0])                                       # drop finished rows
-        first = len(self.active)
+        if reuse:
+            past = self.graphs.prefix_cache(self.prefix).tiled(len(requests))  # (Bn, kv, p, hd)
+            mask = np.concatenate([np.ones((len(requests), cut), np.int64), mask], axis=1)
+        else:
+            past = self.graphs.empty_cache(len(requests))
+        positions = positions_from_mask(mask)[:, cut:]                        # (Bn, L)
+        logits, cache = self.graphs.decode(embeds, mask, positions, past)
+        return mask, cache, logits, None if self.use_cache else embeds
+
+    def _append(self, mask: np.ndarray, cache: KVCache, embeds: np.ndarray | None,
+                new: Sequence[int]) -> None:
+        """Append prefilled rows to the batch; the shorter past is left-padded with masked zeros."""
         if self._mask is None:                                                # nothing running
             self._mask, self._cache, self._last = mask, cache, np.zeros(len(new), np.int64)
-            self._embeds = None if self.use_cache else embeds
+            self._embeds = embeds
         else:   # align the pasts on the right: the shorter is left-padded with masked zeros
             width = max(self._mask.shape[1], mask.shape[1])                   # S = max(past, L)
             self._mask = np.concatenate([pad_left(self._mask, width, 1),
@@ -202,8 +226,28 @@ class Generator:
             self._last = np.concatenate([self._last, np.zeros(len(new), np.int64)])  # (B+Bn,)
         self.active = np.concatenate([self.active, np.asarray(new, np.int64)])
         self.running = np.concatenate([self.running, np.ones(len(new), bool)])
+
+    def _join(self) -> tuple[np.ndarray, np.ndarray]:
+        """Prefill the pending prompts and append them as batch rows → (their rows, logits (Bn, V))."""
+        t0 = time.perf_counter()
+        vision_before = self.times.vision_s
+        pending, self._pending = self._pending, []
+        reuse = [i for i in pending if self._starts_with_prefix(self.requests[i].input_ids)]
+        whole = [i for i in pending if i not in set(reuse)]
+        if self.evict and not self.running.any():
+            self._keep(self.active[:0])                                       # drop finished rows
+        first = len(self.active)
+        all_logits = []
+        # a fused decoder prefills on top of the prefix one row at a time (Graphs.batched_past_prefill)
+        groups = [(reuse, True)] if self.graphs.batched_past_prefill else [([i], True) for i in reuse]
+        for group, with_prefix in (*groups, (whole, False)):
+            if group:
+                mask, cache, logits, embeds = self._prefill([self.requests[i] for i in group],
+                                                            with_prefix)
+                self._append(mask, cache, embeds, group)
+                all_logits.append(logits)
         self.times.prefill_s += time.perf_counter() - t0 - (self.times.vision_s - vision_before)
-        return np.arange(first, first + len(new)), logits                     # (Bn,), (Bn, V)
+        return np.arange(first, first + len(pending)), np.concatenate(all_logits)  # (Bn,), (Bn, V)
 
     # ------------------------------------------------------------ decode
 
@@ -268,7 +312,7 @@ class Generator:
         self.done = not self._pending and not self.running.any()
         if self.evict and self.running.any() and not self.running.all():
             self._keep(np.flatnonzero(self.running))
-        return emitted
+        return sorted(emitted)                  # request order (a join's groups are row-ordered)
 
     def run(self) -> list[Output]:
         while not self.done:

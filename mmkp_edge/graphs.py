@@ -82,6 +82,11 @@ class KVCache:
                 for a, b in zip(self.tensors, other.tensors)]                 # (B+Bn, kv, S, hd)
         return self._wrap(both, length)
 
+    def tiled(self, rows: int) -> "KVCache":
+        """A one-row cache repeated to `rows` rows (the shared prompt prefix for a prefill)."""
+        return self._wrap([np.repeat(self._past(t), rows, axis=0) for t in self.tensors],
+                          self.length)                                        # (rows, kv, past, hd)
+
     def reserved(self, positions: int) -> "KVCache":
         """An in-place cache with room for `positions` (reallocated, past copied, if short)."""
         if positions <= self.capacity:
@@ -136,11 +141,18 @@ class Graphs:
         self.bound_device: str | None = ("cuda" if decoder.get_providers()[0] == "CUDAExecutionProvider"
                                          else None)
         self._outputs = [o.name for o in decoder.get_outputs()]
+        self._prefixes: dict[tuple, KVCache] = {}   # (ids…, in_place) → their K/V (one row)
 
     @property
     def in_place(self) -> bool:
         """A fused decoder's attention writes the cache in place (module docstring); numpy only."""
         return self.model.decoder == "fused" and self.bound_device is None
+
+    @property
+    def batched_past_prefill(self) -> bool:
+        """Whether one call may feed several new tokens on top of a past for several rows.
+        onnxruntime's CPU GroupQueryAttention (fused decoders) takes that only for one row."""
+        return self.model.decoder != "fused"
 
     # ------------------------------------------------------------ vision / embeddings
 
@@ -165,6 +177,17 @@ class Graphs:
             return KVCache([ort.OrtValue.ortvalue_from_numpy(zeros, self.bound_device, 0)
                             for _ in self.past], 0, self.bound_device)
         return KVCache([zeros] * len(self.past), 0)
+
+    def prefix_cache(self, ids: np.ndarray) -> KVCache:
+        """K/V (one row) of the token ids `ids` as a prompt's first tokens, computed once per ids
+        (mmkp_edge.generate: every prompt shares the chat template + instruction prefix)."""
+        key = (*(int(i) for i in ids), self.in_place)          # the cache kind is part of the key
+        if key not in self._prefixes:
+            ids = np.asarray(key[:-1], dtype=np.int64)[None]                  # (1, p)
+            mask = np.ones_like(ids)
+            _, cache = self.decode(self.embed(ids), mask, np.arange(ids.shape[1])[None], self.empty_cache(1))
+            self._prefixes[key] = cache
+        return self._prefixes[key]
 
     def decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
                cache: KVCache) -> tuple[np.ndarray, KVCache]:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import prompt
 from .bundle import Bundle
 from .chat import PromptEncoder
@@ -128,6 +130,7 @@ class KeyphrasePredictor:
         st = self.manifest.special_tokens
         self.tags = {st.think_open: prompt.THINK_OPEN, st.think_close: prompt.THINK_CLOSE,
                      st.answer_open: prompt.ANSWER_OPEN, st.answer_close: prompt.ANSWER_CLOSE}
+        self._prefix: np.ndarray | None = None    # the shared prompt prefix's ids, once needed
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike | None = None, *, threads: int | None = None,
@@ -189,15 +192,19 @@ class KeyphrasePredictor:
 
     def generator(self, requests: Sequence[Request], think: str = "auto",
                   max_new_tokens: int | Sequence[int] = 96, *, stops: bool = True,
-                  **options) -> Generator:
+                  reuse_prefix: bool = True, **options) -> Generator:
         """A Generator wired with this bundle's token ids and the think mode's suppression.
         `stops=False` ignores the stop ids: every row runs its whole budget (benchmarks force the
-        same token count on every engine this way)."""
+        same token count on every engine this way). `reuse_prefix=False` prefills every prompt
+        whole instead of reusing the shared prompt prefix's K/V (mmkp_edge.generate)."""
         st = self.manifest.special_tokens
         rules = rules_for_manifest(st, think)
+        if reuse_prefix and self._prefix is None:
+            self._prefix = self.bundle.encoder.prefix_ids()
         return Generator(self.bundle.graphs, requests, image_token_id=st.image, pad_id=st.pad,
                          stop_ids=rules.stop_ids if stops else (), max_new_tokens=max_new_tokens,
-                         suppress_ids=rules.suppress_ids, **options)
+                         suppress_ids=rules.suppress_ids,
+                         prefix=self._prefix if reuse_prefix else (), **options)
 
     def _generate(self, batch: list[_Prepared], cfg: PredictConfig) -> list[Prediction]:
         gen = self.generator([p.request for p in batch], cfg.think, [p.budget for p in batch])

@@ -173,3 +173,43 @@ def test_int8_embedding_rows_are_within_half_a_step_of_the_table(bundles, tmp_pa
     export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(kept), precision="int8",
                                validate=False, int8=Int8Config(keep_embeddings=True)))
     assert np.array_equal(run(kept), exact)
+
+
+@pytest.mark.parametrize("kind", ["fused", "traced"])
+def test_reusing_the_prompt_prefix_changes_no_token(bundles, kind, tmp_path, monkeypatch):
+    """Rows that start with the shared prefix are prefilled from its cached K/V (fused: one row per
+    call; traced: batched), an image post beside them whole; tokens equal a run without reuse."""
+    from PIL import Image
+
+    from mmkp_edge.posts import Post
+
+    image = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
+    posts = [Post(id=str(i), text=t) for i, t in enumerate(TEXTS)]
+    posts.insert(2, Post(id="img", text="a photo of the sea", image=str(image)))
+    predictor = KeyphrasePredictor.from_bundle(bundles[kind])
+    requests = [predictor.request(p, "on", 16) for p in posts]
+    prefix = predictor.bundle.encoder.prefix_ids()
+    starts = [np.array_equal(r.input_ids[: len(prefix)], prefix) for r in requests]
+    assert len(prefix) > 3 and starts == [True, True, False, True, True]
+
+    fed: list[int] = []
+    decode = type(predictor.bundle.graphs).decode
+    monkeypatch.setattr(type(predictor.bundle.graphs), "decode",
+                        lambda self, embeds, *a: fed.append(embeds.shape[0] * embeds.shape[1])  # rows × tokens
+                        or decode(self, embeds, *a))
+
+    def tokens(reuse: bool) -> list[list[int]]:
+        fed.clear()
+        gen = predictor.generator(requests[:3], "on", 16, reuse_prefix=reuse)
+        gen.step()
+        gen.add(requests[3:], 16)                    # two more join the running batch
+        out = [o.tokens for o in gen.run()]
+        return out, list(fed)
+
+    whole, fed_whole = tokens(False)
+    reused, fed_reused = tokens(True)
+    assert reused == whole
+    # the prefix was computed once (p tokens), then not fed again for the 4 rows that start with it
+    assert len(prefix) in fed_reused
+    assert sum(fed_reused) <= sum(fed_whole) - 3 * len(prefix)
