@@ -141,6 +141,8 @@ class Graphs:
         self.bound_device: str | None = ("cuda" if decoder.get_providers()[0] == "CUDAExecutionProvider"
                                          else None)
         self._outputs = [o.name for o in decoder.get_outputs()]
+        self._binding = None     # (buffers, IO binding) of the last in-place step: reused while
+                                 # the buffers are the same list (the decoder writes into them)
         self._prefixes: dict[tuple, KVCache] = {}   # (ids…, in_place) → their K/V (one row)
 
     @property
@@ -213,16 +215,18 @@ class Graphs:
     def _decode_in_place(self, feeds: dict, cache: KVCache) -> np.ndarray:
         """Past and present bound to the same numpy buffers (OrtValues over their memory): the
         attention kernel appends this step's keys/values in place; only the logits come back."""
-        session = self.sessions["decoder_model_merged"]
-        binding = session.io_binding()
+        if self._binding is None or self._binding[0] is not cache.tensors:   # new buffers: rebind
+            binding = self.sessions["decoder_model_merged"].io_binding()
+            binding.bind_output("logits", "cpu")                              # outputs[0]
+            for past, present, buffer in zip(self.past, self.present, cache.tensors):
+                value = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)    # shares the memory
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            self._binding = (cache.tensors, binding)
+        binding = self._binding[1]
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        binding.bind_output("logits", "cpu")                                  # outputs[0]
-        for past, present, buffer in zip(self.past, self.present, cache.tensors):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)        # shares the memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
-        session.run_with_iobinding(binding)
+        self.sessions["decoder_model_merged"].run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
 
     def _decode_bound(self, feeds: dict, cache: KVCache) -> tuple[np.ndarray, list]:
