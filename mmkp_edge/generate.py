@@ -21,7 +21,7 @@ a long-lived generator holds only live rows.
 Prefix reuse: every text-only prompt starts with the same ~30 tokens (chat template + instruction,
 `PromptEncoder.prefix_ids`), 40 % of a CMKP prompt. Keys and values of a token depend only on the
 tokens before it and its position, and every prompt's real tokens start at position 0, so that
-prefix's K/V are the same for every post: `Graphs.prefix_cache` computes them once, and a prefill
+prefix's K/V are the same for every post: `prefix_cache` computes them once per bundle, and a prefill
 whose rows start with `prefix` feeds only the rest, with the prefix's K/V tiled in as the past
 (row layout: prefix, left pads, rest — the mask hides the pads, positions continue from the
 prefix). Rows that do not start with it (an image comes first) are prefilled whole in the same
@@ -33,6 +33,7 @@ way). `use_cache=False` (the reference path) never reuses.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,21 @@ def pad_left(x: np.ndarray, width: int, axis: int) -> np.ndarray:
     pads = [(0, 0)] * x.ndim
     pads[axis] = (missing, 0)
     return np.pad(x, pads)
+
+
+_PREFIXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # graphs → {key: K/V}
+
+
+def prefix_cache(graphs, ids: np.ndarray):
+    """K/V (one row) of the token ids `ids` as a prompt's first tokens, computed once per graphs
+    object and ids (and cache kind) — for any backend with embed / empty_cache / decode."""
+    key = (*(int(i) for i in ids), getattr(graphs, "in_place", False))
+    cached = _PREFIXES.setdefault(graphs, {})
+    if key not in cached:
+        row = np.asarray(key[:-1], dtype=np.int64)[None]                      # (1, p)
+        _, cached[key] = graphs.decode(graphs.embed(row), np.ones_like(row),
+                                       np.arange(row.shape[1])[None], graphs.empty_cache(1))
+    return cached[key]
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -201,7 +217,7 @@ class Generator:
         ids, mask = left_pad([r.input_ids[cut:] for r in requests], self.pad_id)  # (Bn, L)
         embeds = self._prompt_embeds(ids, requests)                           # (Bn, L, D)
         if reuse:
-            past = self.graphs.prefix_cache(self.prefix).tiled(len(requests))  # (Bn, kv, p, hd)
+            past = prefix_cache(self.graphs, self.prefix).tiled(len(requests))  # (Bn, kv, p, hd)
             mask = np.concatenate([np.ones((len(requests), cut), np.int64), mask], axis=1)
         else:
             past = self.graphs.empty_cache(len(requests))

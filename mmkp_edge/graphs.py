@@ -143,7 +143,6 @@ class Graphs:
         self._outputs = [o.name for o in decoder.get_outputs()]
         self._binding = None     # (buffers, IO binding) of the last in-place step: reused while
                                  # the buffers are the same list (the decoder writes into them)
-        self._prefixes: dict[tuple, KVCache] = {}   # (ids…, in_place) → their K/V (one row)
 
     @property
     def in_place(self) -> bool:
@@ -179,17 +178,6 @@ class Graphs:
             return KVCache([ort.OrtValue.ortvalue_from_numpy(zeros, self.bound_device, 0)
                             for _ in self.past], 0, self.bound_device)
         return KVCache([zeros] * len(self.past), 0)
-
-    def prefix_cache(self, ids: np.ndarray) -> KVCache:
-        """K/V (one row) of the token ids `ids` as a prompt's first tokens, computed once per ids
-        (mmkp_edge.generate: every prompt shares the chat template + instruction prefix)."""
-        key = (*(int(i) for i in ids), self.in_place)          # the cache kind is part of the key
-        if key not in self._prefixes:
-            ids = np.asarray(key[:-1], dtype=np.int64)[None]                  # (1, p)
-            mask = np.ones_like(ids)
-            _, cache = self.decode(self.embed(ids), mask, np.arange(ids.shape[1])[None], self.empty_cache(1))
-            self._prefixes[key] = cache
-        return self._prefixes[key]
 
     def decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
                cache: KVCache) -> tuple[np.ndarray, KVCache]:

@@ -93,6 +93,12 @@ class MlxKVCache:
         idx = mx.array(np.asarray(rows, dtype=np.int32))
         return MlxKVCache([t[idx] for t in self.tensors], self.length)
 
+    def tiled(self, rows: int) -> "MlxKVCache":
+        """A one-row cache repeated to `rows` rows (the shared prompt prefix for a prefill)."""
+        import mlx.core as mx
+
+        return MlxKVCache([mx.repeat(t, rows, axis=0) for t in self.tensors], self.length)
+
     def joined(self, other: "MlxKVCache") -> "MlxKVCache":
         """Rows of `self` then `other`, the shorter past left-padded with (masked) zeros, as
         mmkp_edge.graphs.KVCache.joined (continuous batching)."""
@@ -109,6 +115,8 @@ class MlxKVCache:
 
 class MlxGraphs:
     """mlx-vlm's Idefics3 model behind mmkp_edge.graphs.Graphs' interface (numpy in, numpy out)."""
+
+    batched_past_prefill = True      # decode() takes any rows × new tokens on top of a past
 
     def __init__(self, model: Any, model_info: ModelInfo, theta: float):
         import mlx.core as mx
