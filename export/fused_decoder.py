@@ -40,7 +40,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .graphs import BATCH, MAX_IR_VERSION, OPSET, PAST, SEQ, TOTAL, past_names
+from mmkp_edge.graphs import past_names, present_names
+
+from .graphs import BATCH, MAX_IR_VERSION, OPSET, PAST, SEQ, TOTAL
 from .wrappers import DecoderShape
 
 MS = "com.microsoft"
@@ -134,7 +136,7 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
     g.node("Concat", ["batch_1", one, "seq_1", "total_len_1"], ["bias_shape"], "bias_shape", axis=0)
     g.node("Expand", ["pad_bias_4d", "bias_shape"], ["attention_bias"], "bias_expand")  # (B,1,T,total)
 
-    past, present = past_names(shape.num_layers), past_names(shape.num_layers, "present")
+    past, present = past_names(shape.num_layers), present_names(shape.num_layers)
     hidden, residual = "inputs_embeds", None
     for i, layer in enumerate(text_model.layers):
         attn, mlp = layer.self_attn, layer.mlp

@@ -26,6 +26,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from mmkp_edge.graphs import past_names, present_names
+
 from .wrappers import DecoderShape, GraphModules
 
 OPSET = 18
@@ -34,11 +36,6 @@ MAX_IR_VERSION = 10
 
 BATCH, SEQ, PAST, TOTAL, IMAGES = ("batch_size", "sequence_length", "past_sequence_length",
                                    "total_sequence_length", "num_images")
-
-
-def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
-    """`past_key_values.{i}.key|value` (inputs) or, with prefix "present", the outputs."""
-    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class GraphIO:
 
 def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
     """Names and dynamic axes of every graph's inputs and outputs."""
-    past, present = past_names(shape.num_layers), past_names(shape.num_layers, "present")
+    past, present = past_names(shape.num_layers), present_names(shape.num_layers)
     decoder_axes = {"inputs_embeds": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
                     "position_ids": {0: BATCH, 1: SEQ}, "logits": {0: BATCH}}
     decoder_axes.update({n: {0: BATCH, 2: PAST} for n in past})

@@ -31,6 +31,7 @@ HEADROOM = 64   # positions an in-place buffer is allocated beyond what a step n
 
 
 def past_names(num_layers: int) -> list[str]:
+    """The decoder's past K/V input names, in graph order (the bundle contract; export writes them)."""
     return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
