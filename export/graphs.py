@@ -31,7 +31,7 @@ from mmkp_edge.graphs import past_names, present_names
 from .wrappers import DecoderShape, GraphModules
 
 OPSET = 18
-# onnxruntime >= 1.20 (the runtime's floor) loads IR 10; onnx 1.23 alone would write IR 14.
+# onnxruntime >= 1.22 (the runtime's floor) loads IR 10; onnx 1.23 alone would write IR 14.
 MAX_IR_VERSION = 10
 
 BATCH, SEQ, PAST, TOTAL, IMAGES = ("batch_size", "sequence_length", "past_sequence_length",

@@ -64,6 +64,19 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             raise InputError(f"{path}: sha256 does not match the manifest (modified or corrupt file)")
 
 
+FUSED_MIN_ORT = (1, 22)   # GroupQueryAttention with attention_bias (export/fused_decoder.py)
+
+
+def check_runtime_version(manifest: Manifest, version: str = ort.__version__) -> None:
+    """Refuse, in one line, a fused-decoder bundle on an onnxruntime too old to run it (its
+    GroupQueryAttention nodes would fail to load with an ONNX schema error)."""
+    have = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    if manifest.model.decoder == "fused" and have < FUSED_MIN_ORT:
+        need = ".".join(map(str, FUSED_MIN_ORT))
+        raise InputError(f"this bundle's fused decoder needs onnxruntime >= {need} (installed: "
+                         f"{version}); upgrade onnxruntime, or re-export with --decoder traced")
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -116,6 +129,7 @@ class Bundle:
             from .mlx_backend import load_graphs
             return cls(root=root, manifest=manifest, encoder=encoder, providers=["mlx"],
                        preprocessor=ImagePreprocessor(manifest.image), graphs=load_graphs(root, manifest))
+        check_runtime_version(manifest)
         names = resolve_providers(providers)
         opts = session_options(threads)
         sessions = {}

@@ -213,3 +213,14 @@ def test_reusing_the_prompt_prefix_changes_no_token(bundles, kind, tmp_path, mon
     # the prefix was computed once (p tokens), then not fed again for the 4 rows that start with it
     assert len(prefix) in fed_reused
     assert sum(fed_reused) <= sum(fed_whole) - 3 * len(prefix)
+
+
+def test_a_fused_bundle_on_an_older_onnxruntime_is_refused_in_one_line(bundles):
+    from mmkp_edge.bundle import check_runtime_version
+
+    fused, traced = Manifest.load(bundles["fused"]), Manifest.load(bundles["traced"])
+    with pytest.raises(InputError, match=r"needs onnxruntime >= 1\.22 \(installed: 1\.21\.1\)"):
+        check_runtime_version(fused, "1.21.1")
+    check_runtime_version(traced, "1.21.1")           # the traced graph loads on any supported one
+    check_runtime_version(fused, "1.22.0")
+    check_runtime_version(fused, "1.32.0.dev20261101")
