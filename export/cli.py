@@ -102,7 +102,8 @@ def agreement_hint(report: ExportReport) -> str | None:
               show_default=True,
               help="Decoder graph: fused onnxruntime ops (GroupQueryAttention, RotaryEmbedding, "
                    "SkipSimplifiedLayerNormalization; Llama text models) or traced by torch.onnx; "
-                   "auto = fused where the model allows.")
+                   "auto = fused where the model allows, for fp32 and int8 (fp16 bundles, meant "
+                   "for CUDA, stay traced: the fused graph is checked on CPU only).")
 @click.option("--stage", default=None, help="Training stage to record [default: from the run dir].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

@@ -47,7 +47,8 @@ class ExportConfig:
     validate: bool = True                # run export's checks (a failure fails the export)
     stage: str | None = None             # training stage to record (default: from the run dir)
     decoder: str = "auto"                # decoder graph: fused contrib ops where the model allows
-                                         # (export/fused_decoder.py), else traced; or force one
+                                         # (export/fused_decoder.py; fp32 / int8), else traced; or
+                                         # force one
     int8: Int8Config = field(default_factory=Int8Config)
     checks: ValidateConfig = field(default_factory=ValidateConfig)
 
@@ -140,8 +141,11 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     src = load_source(cfg.source, cfg.stage)
     image_size = int(src.family.image_settings(src.processor)["tile_size"])
     parts = family_parts(src.model, image_size)
+    # fp16 bundles are for CUDA, where the fused graph (GroupQueryAttention with attention_bias
+    # over a left-padded batch) has not been checked yet: auto keeps them traced
+    requested = "traced" if cfg.precision == "fp16" and cfg.decoder == "auto" else cfg.decoder
     try:
-        decoder = decoder_kind(parts, cfg.decoder)
+        decoder = decoder_kind(parts, requested)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:

@@ -291,6 +291,7 @@ def test_fp16_bundle_agrees_with_fp32_and_cannot_be_derived_from(fp32, trained_d
     assert main([str(trained_dir), "-o", str(half), "--fp16"]) == 0
     manifest = Manifest.load(half)
     assert manifest.dtype == "float16" and manifest.validation["status"] == "passed"
+    assert manifest.model.decoder == "traced"           # auto: fused only where checked (CPU)
     assert manifest.validation["agreement"]["keyphrase_agreement"] >= 0.95
     decoder = onnx.load(f"{half}/decoder_model_merged.onnx", load_external_data=False)
     types = {v.name: v.type.tensor_type.elem_type for v in decoder.graph.input}
