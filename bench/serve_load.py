@@ -117,7 +117,7 @@ def histograms(url: str) -> dict[str, dict[str, float]]:
     histograms, from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = {"mmkp_serve_batch_size": {}, "mmkp_serve_prefill_size": {}}
+    out = {"mmkp_serve_batch_size": {}, "mmkp_serve_prefill_size": {}, "mmkp_serve_model_seconds": {}}
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
         if family.name in out:
             for s in family.samples:
@@ -128,6 +128,14 @@ def histograms(url: str) -> dict[str, dict[str, float]]:
 def _mean(before: dict, after: dict) -> float | None:
     count = after.get("count", 0) - before.get("count", 0)
     return round((after.get("sum", 0) - before.get("sum", 0)) / count, 2) if count else None
+
+
+def _busy(before: dict, after: dict, wall: float) -> float | None:
+    """Share of the level's wall time the server's worker spent in generation steps: near 1, the
+    model is the bottleneck; well below, HTTP and the clients (on the same cores) are."""
+    key = "mmkp_serve_model_seconds"
+    spent = after[key].get("total", 0.0) - before[key].get("total", 0.0)
+    return round(spent / wall, 3) if wall else None
 
 
 def histogram_delta(before: dict, after: dict) -> dict[str, int]:
@@ -258,6 +266,7 @@ def run_load(bundle: str, levels: list[int], requests: int, bad_share: float, po
                          "decode_steps": int(b1.get("count", 0) - b0.get("count", 0)),
                          "joins": int(p1.get("count", 0) - p0.get("count", 0)),
                          "mean_batch": _mean(b0, b1), "mean_join": _mean(p0, p1),
+                         "model_busy": _busy(before, after, wall),
                          "batch_histogram": histogram_delta(b0, b1)})
             say(f"N={n}: {counts['ok']} ok, {counts['lost']} lost, {rows[-1]['posts_per_s']} posts/s")
     finally:
@@ -272,12 +281,12 @@ def run_load(bundle: str, levels: list[int], requests: int, bad_share: float, po
 
 def render(report: dict) -> str:
     header = ["clients", "requests", "ok", "bad→4xx", "429 retries", "lost/dup/mixed/changed", "posts/s",
-              "p50 ms", "p99 ms", "mean join", "mean batch", "rows per decode step (steps)"]
+              "p50 ms", "p99 ms", "mean join", "mean batch", "model busy", "rows per decode step (steps)"]
     rows = [[str(r["clients"]), str(r["requests"]), str(r["ok"]),
              f"{r['bad_refused']}/{r['bad_refused'] + r['bad_wrong']}", str(r["retries_429"]),
              f"{r['lost']}/{r['duplicated']}/{r['mixed']}/{r['changed']}", str(r["posts_per_s"]),
              str(r["p50_ms"]), str(r["p99_ms"]), str(r["mean_join"]), str(r["mean_batch"]),
-             " ".join(f"{k}:{v}" for k, v in r["batch_histogram"].items())] for r in report["levels"]]
+             str(r["model_busy"]), " ".join(f"{k}:{v}" for k, v in r["batch_histogram"].items())] for r in report["levels"]]
     verdict = "PASSED" if report["passed"] else "FAILED"
     return (aligned(header, rows) + f"\n\n{verdict}: every good request checked against its post's "
             f"one-by-one output; server exit {report['server_exit']} after SIGTERM")

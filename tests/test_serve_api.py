@@ -254,12 +254,15 @@ def test_healthz_and_metrics(server):
     for name in ("mmkp_serve_requests", "mmkp_serve_errors", "mmkp_serve_queue_depth",
                  "mmkp_serve_running_batch_size", "mmkp_serve_batch_size", "mmkp_serve_prefill_size",
                  "mmkp_serve_ttft_seconds",
-                 "mmkp_serve_decode_step_seconds", "mmkp_serve_generated_tokens"):
+                 "mmkp_serve_decode_step_seconds", "mmkp_serve_generated_tokens",
+                 "mmkp_serve_model_seconds"):
         assert name in families, name
     assert families["mmkp_serve_ttft_seconds"].type == "histogram"
     assert metric(server.url, "mmkp_serve_requests_total", route="/v1/keyphrases", status="200") >= 1
     assert metric(server.url, "mmkp_serve_generated_tokens_total") >= 1
     assert metric(server.url, "mmkp_serve_ttft_seconds_count") >= 1
+    # the worker's time in generation steps: positive, and within the steps' own timings' reach
+    assert 0 < metric(server.url, "mmkp_serve_model_seconds_total") < 30
 
 
 def test_cli_help_and_bad_flags():

@@ -248,6 +248,7 @@ class Scheduler:
         took = now - t0
         vision = gen.times.vision_s - vision_before
         self.telemetry.tokens.inc(len(emitted))
+        self.telemetry.model_seconds.inc(took)
         if joining:
             self.telemetry.prefill.observe(len(emitted))
         else:

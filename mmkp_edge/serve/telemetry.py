@@ -43,6 +43,10 @@ class Telemetry:
         self.step = Histogram("mmkp_serve_decode_step_seconds", "One decode step of a running batch",
                               buckets=STEP_BUCKETS, registry=r)
         self.tokens = Counter("mmkp_serve_generated_tokens", "Tokens generated", registry=r)
+        self.model_seconds = Counter("mmkp_serve_model_seconds",
+                                     "Wall time the worker spent in generation steps (prefill, "
+                                     "vision and decode): its rate is the model's busy share",
+                                     registry=r)
         self.posts = Counter("mmkp_serve_posts", "Posts answered, by finish reason", ["finish"],
                              registry=r)
         for kind in ERROR_KINDS:           # every series exists from the start (0, not absent)
