@@ -4,17 +4,23 @@ Tracing transformers' LlamaModel (export/graphs.py) gives ~40 small ops per laye
 Pow/ReduceMean/Sqrt/Div/Mul, rotary as Slice/Neg/Concat/Mul/Add, attention as Transpose/MatMul/
 Softmax with GQA's repeat_kv as Expand/Reshape, past K/V concatenated by separate Concat nodes.
 On a 2-core CPU decoding one token, those ~1,200 kernel launches cost as much as the matmuls. This
-module emits the same math as ~9 ops per layer, the way onnxruntime-genai's model builder does:
+module emits the same math as ~12 ops per layer, the way onnxruntime-genai's model builder does:
 
     SkipSimplifiedLayerNormalization   residual add + RMSNorm in one kernel
     MatMul  (D → (heads + 2·kv_heads)·hd)   q, k and v projections packed into one weight
-    GroupQueryAttention (com.microsoft)    rotary (from position_ids), GQA, past/present K/V, the
-                                           causal mask and the left-padding mask (attention_bias)
+    Split                                q | k | v
+    RotaryEmbedding × 2 (com.microsoft)  q and k rotated at the given position_ids
+    GroupQueryAttention (com.microsoft)  GQA, past/present K/V, the causal mask and the
+                                         left-padding mask (attention_bias)
     MatMul  o_proj
     SkipSimplifiedLayerNormalization
     MatMul  (D → 2·I)                    gate and up packed
-    Split, Sigmoid, Mul, Mul             SiLU(gate) · up
+    Split, Sigmoid, Mul, Mul             SiLU(gate) · up (onnxruntime fuses Sigmoid·x to QuickGelu)
     MatMul  down_proj
+
+Rotary is its own op, not GroupQueryAttention's `do_rotary`: that rotates by each key's physical
+place in the buffer and ignores position_ids, which is wrong for left-padded rows and for rows
+that joined a running batch (their cached keys would carry the wrong angles).
 
 The graph keeps the bundle's decoder I/O exactly (inputs_embeds, attention_mask, position_ids, past
 K/V → last-token logits, present K/V; mmkp_edge/manifest.py), so the runtime, the parity checks and
@@ -23,8 +29,8 @@ int8 quantization (every MatMul here has a constant weight) treat it like the tr
 Padding: the runtime left-pads, and GroupQueryAttention's own per-row lengths (`seqlens_k`) assume
 right padding. So every row is declared full length (seqlens_k = total − 1) and the pads are masked
 by an additive `attention_bias` built from attention_mask (0 / float32 min, never −inf: a pad row
-masked everywhere stays finite, so its K/V can never put a NaN into a real row's weighted sum);
-rotary angles come from the given position_ids. That is exactly the traced graph's math.
+masked everywhere stays finite, so its K/V can never put a NaN into a real row's weighted sum).
+That is exactly the traced graph's math.
 
 Which models: `supports()` names the one structure this writes — a Llama decoder (RMSNorm, rotary
 on the whole head in rotate-half form, SiLU MLP, no biases, no sliding window). Anything else keeps
@@ -77,7 +83,7 @@ def rotary_tables(text_model, max_positions: int) -> tuple[np.ndarray, np.ndarra
 
 
 class _Graph:
-    """Accumulates nodes and initializers with unique names."""
+    """Accumulates nodes and initializers (the caller keeps their names unique)."""
 
     def __init__(self):
         self.nodes: list[onnx.NodeProto] = []
@@ -87,11 +93,10 @@ class _Graph:
         self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> list[str]:
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
         domain = MS if op in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization",
                                 "RotaryEmbedding") else ""
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
-        return outputs
 
 
 def _linear_weight(module: torch.nn.Module) -> np.ndarray:
@@ -116,7 +121,7 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
     g.weight("cos_cache", cos)
     g.weight("sin_cache", sin)
 
-    # Shared by every layer: lengths, the additive padding mask, int32 positions.
+    # Shared by every layer: seqlens_k / total length (int32) and the additive padding mask.
     g.node("Shape", ["attention_mask"], ["mask_shape"], "mask_shape")
     g.node("Gather", ["mask_shape", one], ["total_len_1"], "total_len", axis=0)       # (1,)
     g.node("Cast", ["total_len_1"], ["total_len_i32"], "total_len_i32", to=TensorProto.INT32)

@@ -26,8 +26,9 @@ whose rows start with `prefix` feeds only the rest, with the prefix's K/V tiled 
 (row layout: prefix, left pads, rest — the mask hides the pads, positions continue from the
 prefix). Rows that do not start with it (an image comes first) are prefilled whole in the same
 step. A fused decoder's attention takes a past under several new tokens only for one row, so
-there each reusing row is its own prefill call (prefill is compute-bound: the same work either
-way). `use_cache=False` (the reference path) never reuses.
+there each reusing row is its own prefill call: each call streams the weights once more, but no
+row computes pads or the prefix (on the real student, batch-8 int8 TTFT 1.26 s whole vs ~1.0 s
+per row, separate runs). `use_cache=False` (the reference path) never reuses.
 """
 
 from __future__ import annotations
@@ -248,8 +249,9 @@ class Generator:
         t0 = time.perf_counter()
         vision_before = self.times.vision_s
         pending, self._pending = self._pending, []
-        reuse = [i for i in pending if self._starts_with_prefix(self.requests[i].input_ids)]
-        whole = [i for i in pending if i not in set(reuse)]
+        starts = [self._starts_with_prefix(self.requests[i].input_ids) for i in pending]
+        reuse = [i for i, s in zip(pending, starts) if s]
+        whole = [i for i, s in zip(pending, starts) if not s]
         if self.evict and not self.running.any():
             self._keep(self.active[:0])                                       # drop finished rows
         first = len(self.active)

@@ -3,8 +3,9 @@
 Runs only when MMKP_SMOLLM2_GGUF names the file (`make backbone` puts it in models/); otherwise
 skips with that reason, so the default suite stays on tiny models. Checks on the real weights what
 the tiny tests check on toys: the composed student reproduces the text model, gets the prompt's
-tags as single tokens with ChatML and `<|im_end|>` kept, and a few LoRA steps on real CMKP-style
-posts lower the loss while moving the tag rows.
+tags as single tokens with ChatML and `<|im_end|>` kept, a few LoRA steps on real CMKP-style
+posts lower the loss while moving the tag rows, and its fused-decoder export passes export's checks
+with the in-place cache and prefix reuse changing no token.
 """
 
 import os
@@ -77,3 +78,29 @@ def test_lora_steps_on_the_real_backbone_lower_the_loss_and_train_the_tags(stude
     assert losses[-1] < 0.5 * losses[0]
     merged = model.merge_and_unload()
     assert not torch.equal(merged.get_input_embeddings().weight[close], row0)
+
+
+def test_fused_export_of_the_real_backbone_passes_and_its_fast_paths_change_no_token(student_dir,
+                                                                                     tmp_path,
+                                                                                     monkeypatch):
+    """The fused decoder, the in-place cache and prefix reuse on the real weights: export's own
+    checks (ORT vs torch logits, greedy tokens vs torch) pass, and the runtime's tokens with the
+    fast paths off equal those with them on."""
+    from export.exporter import ExportConfig, export_bundle
+    from mmkp_edge.graphs import Graphs
+    from mmkp_edge.manifest import Manifest
+    from mmkp_edge.predictor import KeyphrasePredictor
+
+    report = export_bundle(ExportConfig(source=str(student_dir), out=str(tmp_path / "fp32")))
+    assert report.status == "passed" and Manifest.load(tmp_path / "fp32").model.decoder == "fused"
+    predictor = KeyphrasePredictor.from_bundle(tmp_path / "fp32")
+    requests = [predictor.request(p, "off", 24) for p in POSTS]
+    prefix = predictor.bundle.encoder.prefix_ids()
+    assert all(list(r.input_ids[: len(prefix)]) == list(prefix) for r in requests)
+
+    def tokens(reuse: bool) -> list[list[int]]:
+        return [o.tokens for o in predictor.generator(requests, "off", 24, reuse_prefix=reuse).run()]
+
+    fast = tokens(True)
+    monkeypatch.setattr(Graphs, "in_place", property(lambda self: False))
+    assert tokens(False) == fast                       # copying cache, every prompt prefilled whole
