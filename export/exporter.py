@@ -101,7 +101,8 @@ def _derive(fp32_dir: Path, out_dir: Path, cfg: ExportConfig, say) -> dict | Non
     nodes = {}
     for name, file in GRAPH_FILES.items():
         if name in QUANTIZED_GRAPHS:
-            nodes[name] = quantize_int8(fp32_dir / file, out_dir / file, cfg.int8)
+            nodes[name] = quantize_int8(fp32_dir / file, out_dir / file, cfg.int8,
+                                        decoder=name == "decoder_model_merged")
             say(f"int8: {name}: {nodes[name]} MatMulNBits")
         elif name == EMBEDDING_GRAPH and not cfg.int8.keep_embeddings:
             rows = quantize_embedding(fp32_dir / file, out_dir / file, cfg.int8.block_size)

@@ -39,6 +39,9 @@ class Int8Config:
     symmetric: bool = True        # zero point fixed at 0
     keep_lm_head: bool = False    # leave the logits MatMul (lm_head) in float32
     keep_embeddings: bool = False # leave the embedding table in float32
+    keep_matmuls: tuple[str, ...] = ()  # leave MatMuls whose weight name contains one of these
+    #   in float32 (e.g. "down_proj": Llama's down_proj input carries the activation outliers
+    #   that int8 activations round worst); names as in the fused decoder (`layers.N.mlp.…`)
 
     def validate(self) -> "Int8Config":
         if self.block_size not in (16, 32, 64):
@@ -53,6 +56,7 @@ class Int8Config:
                 "symmetric": self.symmetric, "accuracy_level": self.accuracy_level,
                 "lm_head": "float32" if self.keep_lm_head else "int8",
                 "embeddings": "float32" if self.keep_embeddings else "int8",
+                "float32_matmuls": list(self.keep_matmuls),
                 "weight_only": True, "graphs": list(QUANTIZED_GRAPHS), "matmulnbits_nodes": nodes}
 
 
@@ -87,8 +91,16 @@ def logits_matmul(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
-    """MatMulNBits int8 copy of the graph at `src` written to `dst`; returns the node count."""
+def kept_matmuls(model: onnx.ModelProto, parts: tuple[str, ...]) -> list[str]:
+    """Names of the MatMuls whose constant weight's name contains one of `parts`."""
+    weights = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and
+            any(w in weights and any(p in w for p in parts) for w in n.input[1:2])]
+
+
+def quantize_int8(src: Path, dst: Path, cfg: Int8Config, *, decoder: bool = True) -> int:
+    """MatMulNBits int8 copy of the graph at `src` written to `dst`; returns the node count.
+    `cfg.keep_matmuls` names decoder weights, so it applies only where `decoder` is true."""
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
@@ -98,10 +110,16 @@ def quantize_int8(src: Path, dst: Path, cfg: Int8Config) -> int:
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                         accuracy_level=cfg.accuracy_level, bits=8,
                                         quant_format=QuantFormat.QOperator)
-    head = logits_matmul(model) if cfg.keep_lm_head else None
+    keep = kept_matmuls(model, cfg.keep_matmuls) if decoder else []
+    if decoder and cfg.keep_matmuls and not keep:
+        raise ValueError(f"{src.name}: no MatMul weight is named like {list(cfg.keep_matmuls)} "
+                         "(names come from the fused decoder: qkv_proj, o_proj, gate_up_proj, "
+                         "down_proj)")
+    if cfg.keep_lm_head and (head := logits_matmul(model)):
+        keep.append(head)
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=cfg.block_size,
                                      is_symmetric=cfg.symmetric, accuracy_level=cfg.accuracy_level,
-                                     nodes_to_exclude=[head] if head else [], algo_config=algo)
+                                     nodes_to_exclude=keep, algo_config=algo)
     # the quantizer logs one INFO line per MatMul; progress is ours to report
     with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(
             "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):

@@ -228,3 +228,28 @@ def test_a_fused_bundle_on_an_older_onnxruntime_is_refused_in_one_line(bundles):
     check_runtime_version(traced, "1.21.1")           # the traced graph loads on any supported one
     check_runtime_version(fused, "1.22.0")
     check_runtime_version(fused, "1.32.0.dev20261101")
+
+
+def test_int8_keeps_the_named_projections_float(bundles, tmp_path):
+    """`keep_matmuls` leaves exactly the named MatMuls float32 (one per layer for down_proj), and a
+    name that matches nothing is refused rather than silently quantizing everything."""
+    from collections import Counter
+
+    layers = Manifest.load(bundles["fused"]).model.num_layers
+
+    def ops(bundle):
+        graph = onnx.load(str(bundle / "decoder_model_merged.onnx"), load_external_data=False).graph
+        return Counter(n.op_type for n in graph.node)
+
+    full, kept = tmp_path / "full", tmp_path / "kept"
+    export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(full), precision="int8",
+                               validate=False))
+    export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(kept), precision="int8",
+                               validate=False, int8=Int8Config(keep_matmuls=("down_proj",))))
+    assert ops(kept)["MatMul"] == ops(full)["MatMul"] + layers
+    assert ops(kept)["MatMulNBits"] == ops(full)["MatMulNBits"] - layers
+    assert Manifest.load(kept).quantization["float32_matmuls"] == ["down_proj"]
+    with pytest.raises(ValueError, match="no MatMul weight is named like"):
+        export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(tmp_path / "none"),
+                                   precision="int8", validate=False,
+                                   int8=Int8Config(keep_matmuls=("nothing_like_this",))))
