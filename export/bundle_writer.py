@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from mmkp_edge import prompt
+from mmkp_edge.graph_io import GRAPH_FILES
 from mmkp_edge.manifest import (MANIFEST_NAME, ChatInfo, FileInfo, ImageInfo, Manifest, ModelInfo,
                                 PromptInfo, SpecialTokens, TokenizerInfo, file_info)
 
@@ -26,8 +27,6 @@ from .source import Source, check_tokenizer
 from .wrappers import DecoderShape
 
 TOKENIZER_FILE = "tokenizer.json"
-GRAPH_FILES = {name: f"{name}.onnx" for name in
-               ("vision_encoder", "embed_tokens", "decoder_model_merged")}
 
 
 def write_tokenizer(src: Source, out_dir: Path) -> Path:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from mmkp_edge.bundle import verify_files
 from mmkp_edge.errors import InputError
+from mmkp_edge.graph_io import GRAPH_FILES
 from mmkp_edge.manifest import MANIFEST_NAME, Manifest
 
-from .bundle_writer import GRAPH_FILES, build_manifest, hash_files, with_validation, write_tokenizer
+from .bundle_writer import build_manifest, hash_files, with_validation, write_tokenizer
 from .graphs import DECODERS, decoder_kind, export_all
 from .quantize import (EMBEDDING_GRAPH, QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_embedding,
                        quantize_int8)

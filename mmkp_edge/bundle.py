@@ -19,8 +19,9 @@ import onnxruntime as ort
 from . import prompt
 from .chat import PromptEncoder
 from .errors import InputError
+from .graph_io import DECODER, EMBED, GRAPH_NAMES, VISION
 from .graphs import Graphs
-from .manifest import GRAPH_NAMES, Manifest, file_info
+from .manifest import Manifest, file_info
 from .preprocess import ImagePreprocessor
 
 BUNDLE_ENV = "MMKP_BUNDLE"
@@ -139,7 +140,6 @@ class Bundle:
                 sessions[name] = ort.InferenceSession(str(file), opts, providers=names)
             except _ORT_LOAD_ERRORS as exc:
                 raise InputError(f"{file}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
-        graphs = Graphs(sessions["vision_encoder"], sessions["embed_tokens"],
-                        sessions["decoder_model_merged"], manifest.model)
+        graphs = Graphs(sessions[VISION], sessions[EMBED], sessions[DECODER], manifest.model)
         return cls(root=root, manifest=manifest, encoder=encoder,
                    preprocessor=ImagePreprocessor(manifest.image), graphs=graphs, providers=names)

@@ -59,7 +59,7 @@ special token ids and the graph shapes. A field added here is a field export mus
                     {"method": "mlx-affine", "bits": 8|4, "group_size": 64, …}; everything else
                     (prompt, chat, tokenizer, special tokens, image) means the same.
 
-Graph I/O (transformers.js names; dynamic axes named):
+Graph I/O (transformers.js names, written once in mmkp_edge/graph_io.py; dynamic axes named):
     vision_encoder        pixel_values (N, 3, S, S) float → image_features (N, tokens_per_image, hidden)
                           (S = max_image_size; every frame is a full square, so the export wrapper
                           builds Idefics3's all-ones patch mask / position ids inside the graph)
@@ -80,10 +80,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .graph_io import GRAPH_NAMES
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 DTYPES = ("float32", "float16")
 BACKENDS = ("onnx", "mlx")     # what runs the bundle: onnxruntime graphs, or an mlx-vlm checkpoint
 # The student families this runtime serves — the one list. A family's runtime side is its image
