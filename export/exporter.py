@@ -28,13 +28,13 @@ from mmkp_edge.graph_io import GRAPH_FILES
 from mmkp_edge.manifest import MANIFEST_NAME, Manifest
 
 from .bundle_writer import build_manifest, hash_files, with_validation, write_tokenizer
+from .families import family_for
 from .graphs import DECODERS, decoder_kind, export_all
 from .quantize import (EMBEDDING_GRAPH, QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_embedding,
                        quantize_int8)
 from .source import load_source
 from .validate import (ValidateConfig, agreement_probe, check_agreement, check_greedy, check_logits,
                        probe_posts)
-from .wrappers import family_parts
 
 PRECISIONS = ("fp32", "int8", "fp16")
 
@@ -140,8 +140,9 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"loading {cfg.source}")
     src = load_source(cfg.source, cfg.stage)
-    image_size = int(src.family.image_settings(src.processor)["tile_size"])
-    parts = family_parts(src.model, image_size)
+    family = family_for(src.family.name)
+    image_size = family.vision_size(src)
+    parts = family.graph_modules(src.model, image_size)
     # fp16 bundles are for CUDA, where the fused graph (GroupQueryAttention with attention_bias
     # over a left-padded batch) has not been checked yet: auto keeps them traced
     requested = "traced" if cfg.precision == "fp16" and cfg.decoder == "auto" else cfg.decoder
