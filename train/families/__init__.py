@@ -72,6 +72,8 @@ class StudentFamily(Protocol):
     name: ClassVar[str]                        # family id recorded in run dirs and bundles
     model_types: ClassVar[tuple[str, ...]]     # HF `model_type` values this family handles
     default_lora_targets: ClassVar[tuple[str, ...]]  # LM linear-layer names LoRA adapts
+    image_wrapper_tokens: ClassVar[tuple[str, ...]]  # tokens around image tokens, trained beside
+                                                     # LoRA (new rows on a text-only backbone)
 
     def load_model(self, source: str, *, dtype: "torch.dtype | None" = None,
                    device: "str | torch.device" = "cpu", attn_implementation: str | None = None) -> Any:

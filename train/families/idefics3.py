@@ -26,6 +26,7 @@ from . import PromptPieces, register
 # ("User:" / "Assistant:", `<end_of_utterance>` ends a turn): used by init-tiny and init-student.
 IMAGE_TOKEN, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
 END_OF_UTTERANCE = "<end_of_utterance>"
+IMAGE_WRAPPERS = (FAKE_AROUND, GLOBAL_IMG)   # around image tokens; new rows on a text-only backbone
 ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 SMOLVLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -54,6 +55,7 @@ class Idefics3Family:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     vision_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj",
                                                       "fc1", "fc2")
+    image_wrapper_tokens: ClassVar[tuple[str, ...]] = IMAGE_WRAPPERS   # trained beside LoRA
 
     # ------------------------------------------------------------------ loading
 
