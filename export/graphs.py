@@ -40,7 +40,7 @@ def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
     return io_names.graph_io(shape.num_layers)
 
 
-def example_inputs(parts: GraphModules, image_size: int, batch: int = 2, seq: int = 5,
+def example_inputs(parts: GraphModules, batch: int = 2, seq: int = 5,
                    past: int = 3, images: int = 2, seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
     """Random inputs for each graph (every dynamic size ≥ 2; the first row left-padded)."""
     s = parts.shape
@@ -51,7 +51,7 @@ def example_inputs(parts: GraphModules, image_size: int, batch: int = 2, seq: in
     kv = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)  # (B, kv, P, hd)
           for _ in range(2 * s.num_layers)]
     return {
-        VISION: (torch.randn(images, 3, image_size, image_size, generator=gen),),
+        VISION: parts.vision_encoder.example(images, gen),                  # the family's frames
         EMBED: (torch.randint(0, s.vocab_size, (batch, seq), generator=gen),),
         DECODER: (torch.randn(batch, seq, s.hidden_size, generator=gen), mask,
                                  positions, *kv),
@@ -145,7 +145,7 @@ def decoder_kind(parts: GraphModules, requested: str = "auto") -> str:
     return "traced" if reason else "fused"
 
 
-def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int = OPSET,
+def export_all(parts: GraphModules, out_dir: Path, opset: int = OPSET,
                progress: Callable[[str], None] | None = None,
                decoder: str = "auto") -> dict[str, ExportedGraph]:
     """Export vision_encoder, embed_tokens and decoder_model_merged into `out_dir`; the decoder is
@@ -154,7 +154,7 @@ def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int =
 
     kind = decoder_kind(parts, decoder)
     ios = graph_io(parts.shape)
-    examples = example_inputs(parts, image_size)
+    examples = example_inputs(parts)
     done: dict[str, ExportedGraph] = {}
     for i, name in enumerate(ios, 1):
         fused = name == DECODER and kind == "fused"

@@ -29,7 +29,7 @@ import torch
 
 from mmkp_edge.decoding import DecodingRules, rules_for_manifest
 from mmkp_edge.graph_io import (DECODER, EMBED, GRAPH_FILES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS,
-                                PIXEL_VALUES, VISION)
+                                VISION)
 from mmkp_edge.manifest import Manifest
 from mmkp_edge.phrases import stem_key
 from mmkp_edge.posts import Post
@@ -121,7 +121,7 @@ def _max_abs(ref: torch.Tensor) -> float:
     return float(ref.abs().max()) if ref.numel() else 0.0
 
 
-def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float,
+def check_logits(parts: GraphModules, bundle: Path, rtol: float,
                  seed: int = 1) -> dict:
     """Max |ORT − torch| per graph output group on fresh random inputs, against rtol × the
     group's max |torch value|."""
@@ -130,9 +130,10 @@ def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float
     gen = torch.Generator().manual_seed(seed)
     out, scale = {}, {}
     with torch.no_grad():
-        pixels = torch.randn(3, 3, image_size, image_size, generator=gen)     # (N, 3, S, S)
-        got = _session(bundle / GRAPH_FILES[VISION]).run(None, {PIXEL_VALUES: pixels.numpy()})
-        ref = parts.vision_encoder(pixels)
+        pixels = parts.vision_encoder.example(3, gen)                         # e.g. (N, 3, S, S)
+        got = _session(bundle / GRAPH_FILES[VISION]).run(
+            None, dict(zip(ios[VISION].inputs, (p.numpy() for p in pixels))))
+        ref = parts.vision_encoder(*pixels)
         out[IMAGE_FEATURES], scale[IMAGE_FEATURES] = _max_diff(got[0], ref), _max_abs(ref)
         ids = torch.randint(0, s.vocab_size, (3, 7), generator=gen)           # (B, T)
         got = _session(bundle / GRAPH_FILES[EMBED]).run(None, {INPUT_IDS: ids.numpy()})

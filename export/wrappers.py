@@ -6,7 +6,8 @@ These wrappers are the translation, and they are also the torch side of export's
 a graph is only ever compared against the very module it was traced from.
 
 - `vision_encoder`: pixel_values → image_features; the module is the family's
-  (export/families/<family>.py: Idefics3's runs SigLIP + connector on whole square tiles).
+  (export/families/<family>.py: Idefics3's runs SigLIP + connector on whole square tiles), with
+  `example(images, generator)` giving random inputs of the shape the runtime feeds.
 - `EmbedTokens`: input_ids (B, T) → inputs_embeds (B, T, hidden).
 - `Decoder`: inputs_embeds, attention_mask (B, past+T), position_ids (B, T), flat past K/V
   (B, kv, past, hd) × 2·layers → last-token logits (B, vocab) and the updated K/V. A

@@ -65,6 +65,10 @@ class VisionEncoder(nn.Module):
                              whole_tile_position_ids(vision_model.embeddings, tile_size),
                              persistent=False)                               # (P,)
 
+    def example(self, images: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Random inputs for tracing and the parity check: `images` whole tiles."""
+        return (torch.randn(images, 3, self.tile_size, self.tile_size, generator=generator),)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeddings = self.vision_model.embeddings
         patches = embeddings.patch_embedding(pixel_values)                  # (N, Dv, S/p, S/p)
