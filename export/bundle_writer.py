@@ -1,9 +1,9 @@
 """Write the bundle's data files: `tokenizer.json` and `manifest.json` (schema: mmkp_edge.manifest).
 
 The manifest is filled from the loaded student, never typed in: the chat rendering and the image
-token layout come from the family (train.families' `prompt_pieces`, checked against the processor;
-export.families' `image_info`, the manifest's image section), token ids from the tokenizer, shapes from the model config, and `files`
-from hashing what is actually in the folder. The runtime reads nothing else, so a bundle is
+token layout come from the family (train.families' `prompt_pieces`, checked against the
+processor; export.families' `image_info`, the manifest's image section), token ids from the
+tokenizer, shapes from the model config, and `files` from hashing what is actually in the folder. The runtime reads nothing else, so a bundle is
 self-describing. `validation` starts as {"status": "pending"} and export's checks overwrite it
 with "passed" or "failed" plus their figures.
 """

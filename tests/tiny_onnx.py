@@ -131,7 +131,7 @@ def decoder_graph(rng, D: int, V: int, layers: int, heads: int, head_dim: int, m
 
         q, k, v = heads_of("wq"), heads_of("wk"), heads_of("wv")
         past, present = past_names(layers)[2 * i:2 * i + 2], present_names(layers)[2 * i:2 * i + 2]
-        K = node("Concat", [past[0], k], [present[0]], axis=2)                               # (B, H, S, hd)
+        K = node("Concat", [past[0], k], [present[0]], axis=2)                  # (B, H, S, hd)
         Vv = node("Concat", [past[1], v], [present[1]], axis=2)
         scores = node("MatMul", [q, node("Transpose", [K], [p + "kT"], perm=[0, 1, 3, 2])], [p + "s"])
         scores = node("Add", [node("Mul", [scores, "scale"], [p + "ss"]), bias], [p + "sb"])  # (B, H, T, S)
@@ -150,7 +150,8 @@ def decoder_graph(rng, D: int, V: int, layers: int, heads: int, head_dim: int, m
               helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["B", "S"]),
               helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["B", "T"])]
     outputs = [helper.make_tensor_value_info(LOGITS, fl, ["B", V])]
-    inputs += [helper.make_tensor_value_info(n, fl, ["B", heads, "P", head_dim]) for n in past_names(layers)]
+    inputs += [helper.make_tensor_value_info(n, fl, ["B", heads, "P", head_dim])
+               for n in past_names(layers)]
     outputs += [helper.make_tensor_value_info(n, fl, ["B", heads, "S", head_dim])
                 for n in present_names(layers)]
     return _model(n, "decoder", inputs, outputs, init)
