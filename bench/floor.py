@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmkp_edge.graph_io import DECODER
+from mmkp_edge.manifest import MANIFEST_NAME
+
 from .timing import clock
 
 
@@ -44,8 +47,8 @@ def decoder_weight_bytes(bundle: str | Path) -> int:
     """Weight bytes one decode step reads: the bundle's decoder graph."""
     import json
 
-    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
-    return graph_weight_bytes(Path(bundle) / manifest["graphs"]["decoder_model_merged"])
+    manifest = json.loads((Path(bundle) / MANIFEST_NAME).read_text())
+    return graph_weight_bytes(Path(bundle) / manifest["graphs"][DECODER])
 
 
 @dataclass(frozen=True)

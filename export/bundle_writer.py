@@ -1,9 +1,9 @@
 """Write the bundle's data files: `tokenizer.json` and `manifest.json` (schema: mmkp_edge.manifest).
 
 The manifest is filled from the loaded student, never typed in: the chat rendering and the image
-token layout come from the family adapter (`prompt_pieces`, `image_settings`, themselves checked
-against the processor), token ids from the tokenizer, shapes from the model config, and `files`
-from hashing what is actually in the folder. The runtime reads nothing else, so a bundle is
+token layout come from the family (train.families' `prompt_pieces`, checked against the
+processor; export.families' `image_info`, the manifest's image section), token ids from the
+tokenizer, shapes from the model config, and `files` from hashing what is actually in the folder. The runtime reads nothing else, so a bundle is
 self-describing. `validation` starts as {"status": "pending"} and export's checks overwrite it
 with "passed" or "failed" plus their figures.
 """
@@ -16,18 +16,18 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from mmkp_edge import prompt
+from mmkp_edge.graph_io import GRAPH_FILES
 from mmkp_edge.manifest import (MANIFEST_NAME, ChatInfo, FileInfo, ImageInfo, Manifest, ModelInfo,
                                 PromptInfo, SpecialTokens, TokenizerInfo, file_info)
 
 from train.tokens import end_ids
 
+from .families import family_for
 from .graphs import OPSET
 from .source import Source, check_tokenizer
 from .wrappers import DecoderShape
 
 TOKENIZER_FILE = "tokenizer.json"
-GRAPH_FILES = {name: f"{name}.onnx" for name in
-               ("vision_encoder", "embed_tokens", "decoder_model_merged")}
 
 
 def write_tokenizer(src: Source, out_dir: Path) -> Path:
@@ -54,25 +54,8 @@ def special_tokens(src: Source) -> SpecialTokens:
 
 
 def image_info(src: Source) -> ImageInfo:
-    """Idefics3ImageProcessor settings + how one image expands into tokens."""
-    settings = src.family.image_settings(src.processor)
-    ip = src.processor.image_processor
-    image_token = settings["image_token"]
-    tokens = image_token * settings["image_seq_len"]
-    unsplit = src.family.image_string(src.processor)                  # global view as text
-    if unsplit.count(tokens) != 1:
-        raise ValueError(f"image string {unsplit[:80]!r}… does not hold the image tokens once")
-    fake = getattr(src.processor, "fake_image_token", "<fake_token_around_image>")
-    return ImageInfo(
-        size_longest_edge=settings["resize_longest_edge"], max_image_size=settings["tile_size"],
-        tokens_per_image=settings["image_seq_len"],
-        token_string=unsplit.replace(tokens, "{image_tokens}"), image_token=image_token,
-        tile_string=f"{fake}<row_{{row}}_col_{{col}}>{{image_tokens}}",
-        row_separator="\n", global_prefix="\n",
-        do_resize=bool(ip.do_resize), resample=settings["resample"],
-        do_rescale=bool(ip.do_rescale), rescale_factor=settings["rescale_factor"],
-        do_normalize=bool(ip.do_normalize), image_mean=tuple(settings["image_mean"]),
-        image_std=tuple(settings["image_std"]), do_image_splitting=settings["image_splitting"])
+    """The manifest's image section: the student family's (export/families)."""
+    return family_for(src.family.name).image_info(src)
 
 
 def model_info(src: Source, shape: DecoderShape, decoder: str = "traced") -> ModelInfo:

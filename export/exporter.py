@@ -24,16 +24,17 @@ from pathlib import Path
 
 from mmkp_edge.bundle import verify_files
 from mmkp_edge.errors import InputError
+from mmkp_edge.graph_io import GRAPH_FILES
 from mmkp_edge.manifest import MANIFEST_NAME, Manifest
 
-from .bundle_writer import GRAPH_FILES, build_manifest, hash_files, with_validation, write_tokenizer
+from .bundle_writer import build_manifest, hash_files, with_validation, write_tokenizer
+from .families import family_for
 from .graphs import DECODERS, decoder_kind, export_all
 from .quantize import (EMBEDDING_GRAPH, QUANTIZED_GRAPHS, Int8Config, convert_fp16, quantize_embedding,
                        quantize_int8)
 from .source import load_source
 from .validate import (ValidateConfig, agreement_probe, check_agreement, check_greedy, check_logits,
                        probe_posts)
-from .wrappers import family_parts
 
 PRECISIONS = ("fp32", "int8", "fp16")
 
@@ -140,8 +141,8 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"loading {cfg.source}")
     src = load_source(cfg.source, cfg.stage)
-    image_size = int(src.family.image_settings(src.processor)["tile_size"])
-    parts = family_parts(src.model, image_size)
+    family = family_for(src.family.name)
+    parts = family.graph_modules(src.model, family.vision_size(src))
     # fp16 bundles are for CUDA, where the fused graph (GroupQueryAttention with attention_bias
     # over a left-padded batch) has not been checked yet: auto keeps them traced
     requested = "traced" if cfg.precision == "fp16" and cfg.decoder == "auto" else cfg.decoder
@@ -153,7 +154,7 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
         tmp = Path(tmp)
         fp32_dir = tmp / "fp32"
         fp32_dir.mkdir()
-        graphs = export_all(parts, image_size, fp32_dir, progress=say, decoder=decoder)
+        graphs = export_all(parts, fp32_dir, progress=say, decoder=decoder)
         write_tokenizer(src, fp32_dir)
         target = fp32_dir
         quantization = None
@@ -169,7 +170,7 @@ def export_bundle(cfg: ExportConfig, progress: Callable[[str], None] | None = No
             build_manifest(src, parts.shape, fp32_dir, decoder=decoder).save(fp32_dir)
         validation = {"status": "skipped"}
         if cfg.validate:
-            validation = _validate(src, parts, image_size, fp32_dir, target, tmp, cfg, say)
+            validation = _validate(src, parts, fp32_dir, target, tmp, cfg, say)
         with_validation(manifest, validation).save(target)
         _publish(target, out)
     return _report(cfg, out, validation, {n: round(g.seconds, 2) for n, g in graphs.items()}, start)
@@ -226,12 +227,12 @@ def _guarded(check: Callable[[], dict]) -> dict:
         return {"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
 
 
-def _validate(src, parts, image_size: int, fp32_dir: Path, target: Path, tmp: Path,
+def _validate(src, parts, fp32_dir: Path, target: Path, tmp: Path,
               cfg: ExportConfig, say) -> dict:
     checks = cfg.checks
     posts = probe_posts(tmp / "probe", checks.probe_posts)
     say("validating: ORT vs torch logits")
-    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, image_size, checks.rtol))}
+    result: dict = {"logits": _guarded(lambda: check_logits(parts, fp32_dir, checks.rtol))}
     say(f"validating: greedy tokens, runtime vs torch ({len(posts)} posts, left-padded)")
     result["greedy"] = _guarded(lambda: check_greedy(src.model, src.processor, fp32_dir, posts, checks))
     if cfg.precision != "fp32":

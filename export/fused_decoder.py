@@ -46,9 +46,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from mmkp_edge.graphs import past_names, present_names
+from mmkp_edge.graph_io import (ATTENTION_MASK, BATCH, DECODER, INPUTS_EMBEDS, LOGITS, PAST,
+                                POSITION_IDS, SEQ, TOTAL, past_names, present_names)
 
-from .graphs import BATCH, MAX_IR_VERSION, OPSET, PAST, SEQ, TOTAL
+from .graphs import MAX_IR_VERSION, OPSET
 from .wrappers import DecoderShape
 
 MS = "com.microsoft"
@@ -122,7 +123,7 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
     g.weight("sin_cache", sin)
 
     # Shared by every layer: seqlens_k / total length (int32) and the additive padding mask.
-    g.node("Shape", ["attention_mask"], ["mask_shape"], "mask_shape")
+    g.node("Shape", [ATTENTION_MASK], ["mask_shape"], "mask_shape")
     g.node("Gather", ["mask_shape", one], ["total_len_1"], "total_len", axis=0)       # (1,)
     g.node("Cast", ["total_len_1"], ["total_len_i32"], "total_len_i32", to=TensorProto.INT32)
     g.node("Squeeze", ["total_len_i32"], ["total_sequence_length"], "total_scalar")   # ()
@@ -131,18 +132,18 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
            ["batch_1"], "batch", axis=0)
     g.node("Expand", ["last_index", "batch_1"], ["seqlens_k_64"], "seqlens_expand")    # (B,)
     g.node("Cast", ["seqlens_k_64"], ["seqlens_k"], "seqlens_k", to=TensorProto.INT32)
-    g.node("Cast", ["attention_mask"], ["mask_bool"], "mask_bool", to=TensorProto.BOOL)
+    g.node("Cast", [ATTENTION_MASK], ["mask_bool"], "mask_bool", to=TensorProto.BOOL)
     g.node("Where", ["mask_bool", "const_zero_f", "const_neg_big"], ["pad_bias_2d"],
            "pad_bias")                                                                 # (B, total)
     g.node("Unsqueeze", ["pad_bias_2d", g.weight("axes_1_2", np.array([1, 2], np.int64))],
            ["pad_bias_4d"], "pad_bias_4d")                                             # (B,1,1,total)
-    g.node("Shape", ["inputs_embeds"], ["embeds_shape"], "embeds_shape")
+    g.node("Shape", [INPUTS_EMBEDS], ["embeds_shape"], "embeds_shape")
     g.node("Gather", ["embeds_shape", one], ["seq_1"], "seq", axis=0)                  # (1,)
     g.node("Concat", ["batch_1", one, "seq_1", "total_len_1"], ["bias_shape"], "bias_shape", axis=0)
     g.node("Expand", ["pad_bias_4d", "bias_shape"], ["attention_bias"], "bias_expand")  # (B,1,T,total)
 
     past, present = past_names(shape.num_layers), present_names(shape.num_layers)
-    hidden, residual = "inputs_embeds", None
+    hidden, residual = INPUTS_EMBEDS, None
     for i, layer in enumerate(text_model.layers):
         attn, mlp = layer.self_attn, layer.mlp
         p = f"layers.{i}"
@@ -162,7 +163,7 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
         g.node("Split", [f"{p}.qkv", g.weight(f"{p}.qkv_sizes", np.array([heads * hd, kv * hd, kv * hd]))],
                [f"{p}.q", f"{p}.k", f"{p}.v"], f"{p}.qkv_split", axis=-1)
         for t, n in (("q", heads), ("k", kv)):                          # (B, T, n·hd) rotated
-            g.node("RotaryEmbedding", [f"{p}.{t}", "position_ids", "cos_cache", "sin_cache"],
+            g.node("RotaryEmbedding", [f"{p}.{t}", POSITION_IDS, "cos_cache", "sin_cache"],
                    [f"{p}.{t}_rot"], f"{p}.{t}_rotary", num_heads=n, interleaved=0)
         g.node("GroupQueryAttention",
                [f"{p}.q_rot", f"{p}.k_rot", f"{p}.v", past[2 * i], past[2 * i + 1], "seqlens_k",
@@ -197,16 +198,16 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
            ["final_hidden"], "final_norm", epsilon=eps)                 # (B, 1, D)
     g.node("MatMul", ["final_hidden", g.weight("lm_head.weight", _linear_weight(lm_head))],
            ["logits_3d"], "lm_head")                                    # (B, 1, V)
-    g.node("Squeeze", ["logits_3d", one], ["logits"], "logits")         # (B, V)
+    g.node("Squeeze", ["logits_3d", one], [LOGITS], LOGITS)         # (B, V)
 
     f32 = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("inputs_embeds", f32, [BATCH, SEQ, dim]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [BATCH, SEQ])]
+    inputs = [helper.make_tensor_value_info(INPUTS_EMBEDS, f32, [BATCH, SEQ, dim]),
+              helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, [BATCH, TOTAL]),
+              helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, [BATCH, SEQ])]
     inputs += [helper.make_tensor_value_info(n, f32, [BATCH, kv, PAST, hd]) for n in past]
-    outputs = [helper.make_tensor_value_info("logits", f32, [BATCH, shape.vocab_size])]
+    outputs = [helper.make_tensor_value_info(LOGITS, f32, [BATCH, shape.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [BATCH, kv, TOTAL, hd]) for n in present]
-    graph = helper.make_graph(g.nodes, "decoder_model_merged", inputs, outputs, g.weights)
+    graph = helper.make_graph(g.nodes, DECODER, inputs, outputs, g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid(MS, 1)],
                               producer_name="mmkp-edge fused decoder")
@@ -215,7 +216,7 @@ def build_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape) -> 
 
 
 def write_decoder(text_model, lm_head: torch.nn.Module, shape: DecoderShape, out_dir: Path,
-                  name: str = "decoder_model_merged") -> Path:
+                  name: str = DECODER) -> Path:
     """Build and save `out_dir/<name>.onnx` with its weights in `<name>.onnx.data`."""
     model = build_decoder(text_model, lm_head, shape)
     path = out_dir / f"{name}.onnx"

@@ -2,8 +2,8 @@
 
 `torch.onnx.export(dynamo=True)` (torch.export underneath) at opset 18, weights as external data
 (`<graph>.onnx.data`), one graph per wrapper in export/wrappers.py. The I/O names and the names of
-the dynamic axes are the bundle contract (mmkp_edge/manifest.py) and are written down once, in
-`graph_io()`; the parity check uses the same names, the runtime the manifest's.
+the dynamic axes are the bundle contract, written down once in mmkp_edge/graph_io.py (the
+runtime binds the same names; the parity check uses them too).
 
 Example inputs use sizes ≥ 2 on every dynamic axis: torch.export specialises a dimension it sees as
 0 or 1 into a constant. The decoder's past K/V are varargs, so their dynamic shapes are a tuple
@@ -26,7 +26,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from mmkp_edge.graphs import past_names, present_names
+from mmkp_edge import graph_io as io_names
+from mmkp_edge.graph_io import DECODER, EMBED, VISION, GraphIO
 
 from .wrappers import DecoderShape, GraphModules
 
@@ -34,35 +35,12 @@ OPSET = 18
 # onnxruntime >= 1.22 (the runtime's floor) loads IR 10; onnx 1.23 alone would write IR 14.
 MAX_IR_VERSION = 10
 
-BATCH, SEQ, PAST, TOTAL, IMAGES = ("batch_size", "sequence_length", "past_sequence_length",
-                                   "total_sequence_length", "num_images")
-
-
-@dataclass(frozen=True)
-class GraphIO:
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    axes: dict[str, dict[int, str]]     # tensor name → {axis: dynamic axis name}
-
-
 def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
-    """Names and dynamic axes of every graph's inputs and outputs."""
-    past, present = past_names(shape.num_layers), present_names(shape.num_layers)
-    decoder_axes = {"inputs_embeds": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
-                    "position_ids": {0: BATCH, 1: SEQ}, "logits": {0: BATCH}}
-    decoder_axes.update({n: {0: BATCH, 2: PAST} for n in past})
-    decoder_axes.update({n: {0: BATCH, 2: TOTAL} for n in present})
-    return {
-        "vision_encoder": GraphIO(("pixel_values",), ("image_features",),
-                                  {"pixel_values": {0: IMAGES}, "image_features": {0: IMAGES}}),
-        "embed_tokens": GraphIO(("input_ids",), ("inputs_embeds",),
-                                {"input_ids": {0: BATCH, 1: SEQ}, "inputs_embeds": {0: BATCH, 1: SEQ}}),
-        "decoder_model_merged": GraphIO(("inputs_embeds", "attention_mask", "position_ids", *past),
-                                        ("logits", *present), decoder_axes),
-    }
+    """Names and dynamic axes of every graph's inputs and outputs (mmkp_edge.graph_io, the one copy)."""
+    return io_names.graph_io(shape.num_layers)
 
 
-def example_inputs(parts: GraphModules, image_size: int, batch: int = 2, seq: int = 5,
+def example_inputs(parts: GraphModules, batch: int = 2, seq: int = 5,
                    past: int = 3, images: int = 2, seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
     """Random inputs for each graph (every dynamic size ≥ 2; the first row left-padded)."""
     s = parts.shape
@@ -73,9 +51,9 @@ def example_inputs(parts: GraphModules, image_size: int, batch: int = 2, seq: in
     kv = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)  # (B, kv, P, hd)
           for _ in range(2 * s.num_layers)]
     return {
-        "vision_encoder": (torch.randn(images, 3, image_size, image_size, generator=gen),),
-        "embed_tokens": (torch.randint(0, s.vocab_size, (batch, seq), generator=gen),),
-        "decoder_model_merged": (torch.randn(batch, seq, s.hidden_size, generator=gen), mask,
+        VISION: parts.vision_encoder.example(images, gen),                  # the family's frames
+        EMBED: (torch.randint(0, s.vocab_size, (batch, seq), generator=gen),),
+        DECODER: (torch.randn(batch, seq, s.hidden_size, generator=gen), mask,
                                  positions, *kv),
     }
 
@@ -134,7 +112,7 @@ def export_graph(name: str, module: torch.nn.Module, args: tuple[torch.Tensor, .
                  out_dir: Path, opset: int = OPSET) -> ExportedGraph:
     """Trace one wrapper into `out_dir/<name>.onnx` (+ `.onnx.data`)."""
     path = out_dir / f"{name}.onnx"
-    varargs = 3 if name == "decoder_model_merged" else None
+    varargs = 3 if name == DECODER else None
     start = time.perf_counter()
     # The exporter prints its own progress to stdout and warns about torchvision; ours goes to
     # stderr, one line per graph, and stdout stays clean for --json.
@@ -167,7 +145,7 @@ def decoder_kind(parts: GraphModules, requested: str = "auto") -> str:
     return "traced" if reason else "fused"
 
 
-def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int = OPSET,
+def export_all(parts: GraphModules, out_dir: Path, opset: int = OPSET,
                progress: Callable[[str], None] | None = None,
                decoder: str = "auto") -> dict[str, ExportedGraph]:
     """Export vision_encoder, embed_tokens and decoder_model_merged into `out_dir`; the decoder is
@@ -176,10 +154,10 @@ def export_all(parts: GraphModules, image_size: int, out_dir: Path, opset: int =
 
     kind = decoder_kind(parts, decoder)
     ios = graph_io(parts.shape)
-    examples = example_inputs(parts, image_size)
+    examples = example_inputs(parts)
     done: dict[str, ExportedGraph] = {}
     for i, name in enumerate(ios, 1):
-        fused = name == "decoder_model_merged" and kind == "fused"
+        fused = name == DECODER and kind == "fused"
         if progress:
             progress(f"[{i}/{len(ios)}] {'writing fused' if fused else 'exporting'} {name} …")
         start = time.perf_counter()

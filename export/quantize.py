@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mmkp_edge.graph_io import DECODER, EMBED, LOGITS, VISION
+
 from .graphs import MAX_IR_VERSION, quiet_loggers
 
-QUANTIZED_GRAPHS = ("vision_encoder", "decoder_model_merged")   # MatMulNBits
-EMBEDDING_GRAPH = "embed_tokens"                                     # int8 rows, when not kept
+QUANTIZED_GRAPHS = (VISION, DECODER)   # MatMulNBits
+EMBEDDING_GRAPH = EMBED                # int8 rows, when not kept
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def count_ops(path: Path, op_type: str) -> int:
 def logits_matmul(model: onnx.ModelProto) -> str | None:
     """Name of the MatMul that produces the `logits` output (through reshapes / slices / casts)."""
     producer = {out: node for node in model.graph.node for out in node.output}
-    name = "logits"
+    name = LOGITS
     for _ in range(16):
         node = producer.get(name)
         if node is None:
@@ -160,7 +162,7 @@ def quantize_embedding(src: Path, dst: Path, block_size: int) -> int:
     ]                                                                         # (B, T, D/b, b) → (B, T, D)
     inits = [numpy_helper.from_array(q, "table_int8"), numpy_helper.from_array(scale, "table_scale"),
              numpy_helper.from_array(np.array([dim], np.int64), "width")]
-    graph = helper.make_graph(nodes, model.graph.name or "embed_tokens", list(model.graph.input),
+    graph = helper.make_graph(nodes, model.graph.name or EMBED, list(model.graph.input),
                               list(model.graph.output), inits)
     save_graph(helper.make_model(graph, opset_imports=list(model.opset_import)), dst)
     return rows

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from mmkp_edge.decoding import DecodingRules, rules_for_manifest
+from mmkp_edge.graph_io import (DECODER, EMBED, GRAPH_FILES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS,
+                                VISION)
 from mmkp_edge.manifest import Manifest
 from mmkp_edge.phrases import stem_key
 from mmkp_edge.posts import Post
@@ -119,7 +121,7 @@ def _max_abs(ref: torch.Tensor) -> float:
     return float(ref.abs().max()) if ref.numel() else 0.0
 
 
-def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float,
+def check_logits(parts: GraphModules, bundle: Path, rtol: float,
                  seed: int = 1) -> dict:
     """Max |ORT − torch| per graph output group on fresh random inputs, against rtol × the
     group's max |torch value|."""
@@ -128,15 +130,16 @@ def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float
     gen = torch.Generator().manual_seed(seed)
     out, scale = {}, {}
     with torch.no_grad():
-        pixels = torch.randn(3, 3, image_size, image_size, generator=gen)     # (N, 3, S, S)
-        got = _session(bundle / "vision_encoder.onnx").run(None, {"pixel_values": pixels.numpy()})
-        ref = parts.vision_encoder(pixels)
-        out["image_features"], scale["image_features"] = _max_diff(got[0], ref), _max_abs(ref)
+        pixels = parts.vision_encoder.example(3, gen)                         # e.g. (N, 3, S, S)
+        got = _session(bundle / GRAPH_FILES[VISION]).run(
+            None, dict(zip(ios[VISION].inputs, (p.numpy() for p in pixels))))
+        ref = parts.vision_encoder(*pixels)
+        out[IMAGE_FEATURES], scale[IMAGE_FEATURES] = _max_diff(got[0], ref), _max_abs(ref)
         ids = torch.randint(0, s.vocab_size, (3, 7), generator=gen)           # (B, T)
-        got = _session(bundle / "embed_tokens.onnx").run(None, {"input_ids": ids.numpy()})
+        got = _session(bundle / GRAPH_FILES[EMBED]).run(None, {INPUT_IDS: ids.numpy()})
         ref = parts.embed_tokens(ids)
-        out["inputs_embeds"], scale["inputs_embeds"] = _max_diff(got[0], ref), _max_abs(ref)
-        decoder = _session(bundle / "decoder_model_merged.onnx")
+        out[INPUTS_EMBEDS], scale[INPUTS_EMBEDS] = _max_diff(got[0], ref), _max_abs(ref)
+        decoder = _session(bundle / GRAPH_FILES[DECODER])
         logits, kv, scale["logits"], scale["present"] = 0.0, 0.0, 0.0, 0.0
         for batch, seq, past in ((3, 7, 0), (3, 1, 9)):                       # prefill, decode
             mask = torch.ones(batch, past + seq, dtype=torch.long)            # (B, P+T)
@@ -146,7 +149,7 @@ def check_logits(parts: GraphModules, bundle: Path, image_size: int, rtol: float
             cache = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)
                      for _ in range(2 * s.num_layers)]                        # (B, kv, P, hd)
             args = (embeds, mask, pos, *cache)
-            got = decoder.run(None, dict(zip(ios["decoder_model_merged"].inputs,
+            got = decoder.run(None, dict(zip(ios[DECODER].inputs,
                                              (a.numpy() for a in args))))
             ref = parts.decoder_model_merged(*args)
             logits = max(logits, _max_diff(got[0], ref[0]))

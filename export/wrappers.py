@@ -5,22 +5,17 @@ batches, patch masks computed from pixel values); ONNX graphs need flat tensors 
 These wrappers are the translation, and they are also the torch side of export's parity check, so
 a graph is only ever compared against the very module it was traced from.
 
-- `VisionEncoder`: pixel_values (N, 3, S, S) → image_features (N, tokens_per_image, hidden). The
-  runtime always feeds whole square tiles of side S, so every patch is real: no patch mask, and the
-  patch position ids are a constant, read once from the model's own embeddings run eagerly on a
-  whole tile. Tracing Idefics3's position bucketing instead broke every grid side that is not a
-  power of two (6×6, SmolVLM2's 27×27): its `torch.arange(1/n, 1, 1/n)` has n-1 or n elements
-  depending on rounding — torch sizes it in float64 (n for n = 6, 27), ONNX's Range computes it in
-  float32 (n-1) — so the graph's unrolled bucketize read one past the end (GatherND "invalid
-  index found, index = 5").
+- `vision_encoder`: pixel_values → image_features; the module is the family's
+  (export/families/<family>.py: Idefics3's runs SigLIP + connector on whole square tiles), with
+  `example(images, generator)` giving random inputs of the shape the runtime feeds.
 - `EmbedTokens`: input_ids (B, T) → inputs_embeds (B, T, hidden).
 - `Decoder`: inputs_embeds, attention_mask (B, past+T), position_ids (B, T), flat past K/V
   (B, kv, past, hd) × 2·layers → last-token logits (B, vocab) and the updated K/V. A
   `DynamicCache` is built inside `forward` from the flat tensors, so the graph has no Python object
   inputs and one graph serves both prefill (past = 0) and decoding (T = 1).
 
-Family specifics (where the vision tower, connector and language model sit) come from
-`family_parts`; adding a family is one more branch there.
+Family specifics (where the vision tower, connector and language model sit, and the vision
+wrapper itself) live in export/families: `export.families.family_parts(model)` builds the three.
 """
 
 from __future__ import annotations
@@ -30,8 +25,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache
-
-from mmkp_edge.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -51,52 +44,6 @@ def decoder_shape(model) -> DecoderShape:
     return DecoderShape(num_layers=text.num_hidden_layers,
                         num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
                         head_dim=head_dim, hidden_size=text.hidden_size, vocab_size=text.vocab_size)
-
-
-def whole_tile_position_ids(embeddings: nn.Module, tile_size: int) -> torch.Tensor:
-    """The patch position ids (P,) Idefics3's vision embeddings give a whole tile of side
-    `tile_size`: the module is run once, eagerly, and the ids reaching its position embedding are
-    recorded, so they are exactly what the student computes (for a whole tile, 0..P-1)."""
-    seen: list[torch.Tensor] = []
-    hook = embeddings.position_embedding.register_forward_hook(
-        lambda _module, args, _out: seen.append(args[0]))
-    side = tile_size // embeddings.patch_size
-    weight = embeddings.patch_embedding.weight
-    try:
-        with torch.no_grad():
-            embeddings(pixel_values=torch.zeros(1, weight.shape[1], tile_size, tile_size,
-                                                dtype=weight.dtype, device=weight.device),
-                       patch_attention_mask=torch.ones(1, side, side, dtype=torch.bool,
-                                                       device=weight.device))
-    finally:
-        hook.remove()
-    return seen[0][0].clone()                                                # (P,)
-
-
-class VisionEncoder(nn.Module):
-    """Idefics3 / SmolVLM: SigLIP tower on whole square tiles, then pixel-shuffle connector.
-
-    The same computation as the vision tower's forward for an all-ones patch mask (patch
-    embedding + position embedding → encoder without a mask → post layer norm), with the position
-    ids as a constant buffer (see the module docstring)."""
-
-    def __init__(self, vision_model: nn.Module, connector: nn.Module, tile_size: int):
-        super().__init__()
-        self.vision_model = vision_model
-        self.connector = connector
-        self.tile_size = tile_size
-        self.register_buffer("position_ids",
-                             whole_tile_position_ids(vision_model.embeddings, tile_size),
-                             persistent=False)                               # (P,)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        embeddings = self.vision_model.embeddings
-        patches = embeddings.patch_embedding(pixel_values)                  # (N, Dv, S/p, S/p)
-        hidden = patches.flatten(2).transpose(1, 2)                          # (N, P, Dv)
-        hidden = hidden + embeddings.position_embedding(self.position_ids)   # (N, P, Dv)
-        hidden = self.vision_model.encoder(inputs_embeds=hidden).last_hidden_state   # (N, P, Dv)
-        hidden = self.vision_model.post_layernorm(hidden)                    # (N, P, Dv)
-        return self.connector(hidden)                                        # (N, tokens, D)
 
 
 class EmbedTokens(nn.Module):
@@ -135,26 +82,7 @@ class Decoder(nn.Module):
 
 @dataclass
 class GraphModules:
-    vision_encoder: VisionEncoder
+    vision_encoder: nn.Module            # the family's vision wrapper (export/families)
     embed_tokens: EmbedTokens
     decoder_model_merged: Decoder
     shape: DecoderShape
-
-
-def family_parts(model, tile_size: int | None = None) -> GraphModules:
-    """The three wrappers for a merged (plain, non-peft) image-text-to-text model; `tile_size` is
-    the side of the tiles the runtime feeds (the processor's, default the vision config's)."""
-    model_type = model.config.model_type
-    if model_type not in ("idefics3", "smolvlm"):
-        raise InputError(f"export supports the idefics3 / smolvlm families; got model_type "
-                         f"{model_type!r}")
-    if hasattr(model, "peft_config"):
-        raise InputError("export needs a merged model (call train.lora merge first), not a peft model")
-    inner = model.model
-    shape = decoder_shape(model)
-    return GraphModules(
-        vision_encoder=VisionEncoder(inner.vision_model, inner.connector,
-                                     tile_size or model.config.vision_config.image_size).eval(),
-        embed_tokens=EmbedTokens(inner.text_model.get_input_embeddings()).eval(),
-        decoder_model_merged=Decoder(inner.text_model, model.lm_head, shape.num_layers).eval(),
-        shape=shape)

@@ -19,9 +19,10 @@ import onnxruntime as ort
 from . import prompt
 from .chat import PromptEncoder
 from .errors import InputError
+from .families import RuntimeFamily, family_for
+from .graph_io import DECODER, EMBED, GRAPH_NAMES, VISION
 from .graphs import Graphs
-from .manifest import GRAPH_NAMES, Manifest, file_info
-from .preprocess import ImagePreprocessor
+from .manifest import Manifest, file_info
 
 BUNDLE_ENV = "MMKP_BUNDLE"
 _ORT_STATE = ort.capi.onnxruntime_pybind11_state
@@ -91,10 +92,15 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 class Bundle:
     root: Path
     manifest: Manifest
+    family: RuntimeFamily            # manifest.family's runtime side (mmkp_edge.families)
     encoder: PromptEncoder           # prompt text → token ids
-    preprocessor: ImagePreprocessor  # RGB image → pixel_values
-    graphs: Graphs                   # ORT sessions
+    graphs: Graphs                   # ORT sessions (or the family's MLX backend)
     providers: list[str]
+
+    @property
+    def preprocessor(self):
+        """RGB PIL image → PreparedImage (pixel_values + grid), the family's preprocessing."""
+        return self.family.preprocess
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, threads: int | None = None,
@@ -123,12 +129,12 @@ class Bundle:
             for name in manifest.graphs:
                 if not (root / manifest.graphs[name]).is_file():
                     raise InputError(f"{root}: graph {name} ({manifest.graphs[name]}) is missing")
+        family = family_for(manifest)
         encoder = PromptEncoder.from_file(root / manifest.tokenizer.file, manifest.chat,
-                                          manifest.image, manifest.tokenizer)
+                                          family.image_text, manifest.tokenizer)
         if manifest.backend == "mlx":     # an mlx-vlm checkpoint (mmkp-export --mlx), not ORT graphs
-            from .mlx_backend import load_graphs
-            return cls(root=root, manifest=manifest, encoder=encoder, providers=["mlx"],
-                       preprocessor=ImagePreprocessor(manifest.image), graphs=load_graphs(root, manifest))
+            return cls(root=root, manifest=manifest, family=family, encoder=encoder,
+                       providers=["mlx"], graphs=family.mlx_graphs(root, manifest))
         check_runtime_version(manifest)
         names = resolve_providers(providers)
         opts = session_options(threads)
@@ -139,7 +145,6 @@ class Bundle:
                 sessions[name] = ort.InferenceSession(str(file), opts, providers=names)
             except _ORT_LOAD_ERRORS as exc:
                 raise InputError(f"{file}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
-        graphs = Graphs(sessions["vision_encoder"], sessions["embed_tokens"],
-                        sessions["decoder_model_merged"], manifest.model)
-        return cls(root=root, manifest=manifest, encoder=encoder,
-                   preprocessor=ImagePreprocessor(manifest.image), graphs=graphs, providers=names)
+        graphs = Graphs(sessions[VISION], sessions[EMBED], sessions[DECODER], manifest.model)
+        return cls(root=root, manifest=manifest, family=family, encoder=encoder, graphs=graphs,
+                   providers=names)

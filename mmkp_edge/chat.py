@@ -1,41 +1,28 @@
 """Prompt text and token ids, rendered from manifest data so serving needs no transformers.
 
 Training renders the student's chat template through transformers; export stores the rendered
-template with `{image}` / `{prompt}` placeholders and the image-token layout in the manifest, and
-this module fills them in: `{prompt}` = prompt.user_text(text, ocr), `{image}` = the image's token
-string (Idefics3Processor's expansion, split into tiles or not), then the think-mode prime
-(prompt.prime) after the generation prompt, encoded on its own as training does. Placeholders are
-filled in one pass, so post text that happens to contain `{image}` or `{prompt}` stays literal.
+template with `{image}` / `{prompt}` placeholders in the manifest, and this module fills them in:
+`{prompt}` = prompt.user_text(text, ocr), `{image}` = the image's token string, which the bundle's
+family writes from the image's layout (mmkp_edge.families: `image_text(grid)`), then the think-mode
+prime (prompt.prime) after the generation prompt, encoded on its own as training does. Placeholders
+are filled in one pass, so post text that happens to contain `{image}` or `{prompt}` stays literal.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from . import prompt
 from .errors import InputError
-from .manifest import ChatInfo, ImageInfo, TokenizerInfo
+from .manifest import ChatInfo, TokenizerInfo
 
 _PLACEHOLDER = re.compile(r"\{(image|prompt)\}")
-
-
-def image_token_string(info: ImageInfo, rows: int = 0, cols: int = 0) -> str:
-    """What replaces `{image}`: the global view alone, or R×C tiles (row-major) then the global view."""
-    tokens = info.image_token * info.tokens_per_image
-    global_view = info.token_string.replace("{image_tokens}", tokens)
-    if rows == 0 and cols == 0:
-        return global_view
-    out = ""
-    for r in range(1, rows + 1):
-        for c in range(1, cols + 1):
-            out += (info.tile_string.replace("{row}", str(r)).replace("{col}", str(c))
-                    .replace("{image_tokens}", tokens))
-        out += info.row_separator
-    return out + info.global_prefix + global_view
+ImageText = Callable[[tuple[int, ...]], str]   # image grid → its token string (the family's layout)
 
 
 def render(chat: ChatInfo, user: str, image: str | None, think: str) -> str:
@@ -46,30 +33,31 @@ def render(chat: ChatInfo, user: str, image: str | None, think: str) -> str:
 
 
 class PromptEncoder:
-    """Post text (+ image tile grid) → prompt token ids, exactly as the student was trained."""
+    """Post text (+ image grid) → prompt token ids, exactly as the student was trained."""
 
-    def __init__(self, tokenizer: Tokenizer, chat: ChatInfo, image: ImageInfo, info: TokenizerInfo):
+    def __init__(self, tokenizer: Tokenizer, chat: ChatInfo, image_text: ImageText,
+                 info: TokenizerInfo):
         self.tokenizer = tokenizer
         self.chat = chat
-        self.image = image
+        self.image_text = image_text
         self.add_special_tokens = info.add_special_tokens
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, chat: ChatInfo, image: ImageInfo,
+    def from_file(cls, path: str | os.PathLike, chat: ChatInfo, image_text: ImageText,
                   info: TokenizerInfo) -> "PromptEncoder":
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
             raise InputError(f"{path}: cannot load tokenizer: {str(exc).splitlines()[0]}") from None
-        return cls(tok, chat, image, info)
+        return cls(tok, chat, image_text, info)
 
-    def text(self, text: str, ocr: str = "", grid: tuple[int, int] | None = None,
+    def text(self, text: str, ocr: str = "", grid: tuple[int, ...] | None = None,
              think: str = "auto") -> str:
-        """Prompt text; `grid` = (rows, cols) of the image's tiles, None for a text-only post."""
-        image = None if grid is None else image_token_string(self.image, *grid)
+        """Prompt text; `grid` = the image's layout (PreparedImage.grid), None for a text-only post."""
+        image = None if grid is None else self.image_text(tuple(grid))
         return render(self.chat, prompt.user_text(text, ocr), image, think)
 
-    def encode(self, text: str, ocr: str = "", grid: tuple[int, int] | None = None,
+    def encode(self, text: str, ocr: str = "", grid: tuple[int, ...] | None = None,
                think: str = "auto") -> np.ndarray:
         """Prompt token ids (T,) int64: ids(chat) + ids(prime), the prime encoded on its own
         (training's contract, train.families.PromptPieces.encode: BPE never merges across the

@@ -29,6 +29,11 @@ step. A fused decoder's attention takes a past under several new tokens only for
 there each reusing row is its own prefill call: each call streams the weights once more, but no
 row computes pads or the prefix (on the real student, batch-8 int8 TTFT 1.26 s whole vs ~1.0 s
 per row, separate runs). `use_cache=False` (the reference path) never reuses.
+
+Position ids are the family's (`positions=`, mmkp_edge.families: 1-D for Idefics3, 3-axis M-RoPE
+for Qwen2-VL): a prompt's come from its ids, mask and image grids, a decode step's from the mask
+and a per-row delta fixed at prefill. This module only slices them on their last axis, pads them
+there and carries the deltas with their rows, so either shape flows through unchanged.
 """
 
 from __future__ import annotations
@@ -41,12 +46,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graphs import Graphs, KVCache
+from .positions import TEXT_POSITIONS, positions_from_mask
+
+__all__ = ["Generator", "Output", "Request", "StageTimes", "generate", "left_pad", "pad_left",
+           "positions_from_mask", "prefix_cache"]
 
 
 @dataclass(frozen=True)
 class Request:
     input_ids: np.ndarray                    # (T,) int64 prompt ids, image tokens included
-    pixel_values: np.ndarray | None = None   # (N, 3, S, S) float32 frames of this post's image
+    pixel_values: np.ndarray | None = None   # the vision graph's input for this post's image, e.g.
+                                             # (N, 3, S, S) float32 frames (PreparedImage.pixel_values)
+    grids: tuple[tuple[int, ...], ...] = ()  # each image's layout (PreparedImage.grid), in prompt
+                                             # order: what the family's position ids need
 
 
 @dataclass
@@ -74,35 +86,33 @@ def left_pad(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.nd
     return ids, mask
 
 
-def pad_left(x: np.ndarray, width: int, axis: int) -> np.ndarray:
-    """Zeros prepended along `axis` until it is `width` long (masks, embeddings, past K/V)."""
+def pad_left(x: np.ndarray, width: int, axis: int, value: int = 0) -> np.ndarray:
+    """`value`s (zeros) prepended along `axis` until it is `width` long (masks, embeddings, past
+    K/V, position ids)."""
+    axis = axis % x.ndim
     missing = width - x.shape[axis]
     if missing <= 0:
         return x
     pads = [(0, 0)] * x.ndim
     pads[axis] = (missing, 0)
-    return np.pad(x, pads)
+    return np.pad(x, pads, constant_values=value)
 
 
 _PREFIXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # graphs → {key: K/V}
 
 
-def prefix_cache(graphs, ids: np.ndarray):
+def prefix_cache(graphs, ids: np.ndarray, positions=TEXT_POSITIONS):
     """K/V (one row) of the token ids `ids` as a prompt's first tokens, computed once per graphs
-    object and ids (and cache kind) — for any backend with embed / empty_cache / decode."""
+    object and ids (and cache kind) — for any backend with embed / empty_cache / decode.
+    `positions`: the family's position ids (a text-only prefix: 0…p-1 on every axis)."""
     key = (*(int(i) for i in ids), getattr(graphs, "in_place", False))
     cached = _PREFIXES.setdefault(graphs, {})
     if key not in cached:
         row = np.asarray(key[:-1], dtype=np.int64)[None]                      # (1, p)
-        _, cached[key] = graphs.decode(graphs.embed(row), np.ones_like(row),
-                                       np.arange(row.shape[1])[None], graphs.empty_cache(1))
+        mask = np.ones_like(row)                                              # (1, p)
+        pos, _ = positions.prompt_positions(row, mask, [()])                  # (…, 1, p)
+        _, cached[key] = graphs.decode(graphs.embed(row), mask, pos, graphs.empty_cache(1))
     return cached[key]
-
-
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """position_ids = cumsum(mask) - 1, pads set to 1 (HF's convention)."""
-    pos = np.cumsum(mask, axis=-1) - 1                                        # (B, L)
-    return np.where(mask == 0, 1, pos).astype(np.int64)
 
 
 class Generator:
@@ -113,8 +123,9 @@ class Generator:
     def __init__(self, graphs: Graphs, requests: Sequence[Request], *, image_token_id: int,
                  pad_id: int, stop_ids: Iterable[int], max_new_tokens: int | Sequence[int],
                  suppress_ids: Iterable[int] = (), use_cache: bool = True, evict: bool = True,
-                 prefix: Sequence[int] = ()):
+                 prefix: Sequence[int] = (), positions=TEXT_POSITIONS):
         self.graphs = graphs
+        self.positions = positions                    # prompt_positions / step_positions (a family)
         self.image_token_id = image_token_id
         self.pad_id = pad_id
         self.stop_ids = np.asarray(sorted(set(stop_ids)), dtype=np.int64)
@@ -135,6 +146,8 @@ class Generator:
         self._mask: np.ndarray | None = None          # (B, past) int64; None = no rows yet
         self._cache: KVCache | None = None            # each tensor (B, kv, past, hd)
         self._embeds: np.ndarray | None = None        # (B, past, D) full history (use_cache=False)
+        self._pos: np.ndarray | None = None           # (…, B, past) position history (use_cache=False)
+        self._deltas: np.ndarray | None = None        # (B,) what a decode step adds to the 1-D count
         self._last: np.ndarray | None = None          # (B,) last tokens, fed at the next step
         self.logits: dict[int, np.ndarray] = {}       # request index → (V,) logits of the latest step
         self.done = True
@@ -212,26 +225,30 @@ class Generator:
         return 0 < p < len(ids) and bool(np.array_equal(ids[:p], self.prefix))
 
     def _prefill(self, requests: Sequence[Request], reuse: bool):
-        """Prefill one group of prompts → (mask (Bn, S), cache, logits (Bn, V), embeds or None).
+        """Prefill one group of prompts → (mask (Bn, S), cache, logits (Bn, V), history, deltas
+        (Bn,)); history = (embeds, positions) for use_cache=False, else None.
         `reuse`: every prompt starts with `self.prefix`, whose cached K/V become the past."""
         cut = len(self.prefix) if reuse else 0
         ids, mask = left_pad([r.input_ids[cut:] for r in requests], self.pad_id)  # (Bn, L)
         embeds = self._prompt_embeds(ids, requests)                           # (Bn, L, D)
         if reuse:
-            past = prefix_cache(self.graphs, self.prefix).tiled(len(requests))  # (Bn, kv, p, hd)
+            past = prefix_cache(self.graphs, self.prefix, self.positions).tiled(len(requests))
             mask = np.concatenate([np.ones((len(requests), cut), np.int64), mask], axis=1)
+            ids = np.concatenate([np.tile(self.prefix, (len(requests), 1)), ids], axis=1)
         else:
-            past = self.graphs.empty_cache(len(requests))
-        positions = positions_from_mask(mask)[:, cut:]                        # (Bn, L)
+            past = self.graphs.empty_cache(len(requests))                     # (Bn, kv, 0, hd)
+        positions, deltas = self.positions.prompt_positions(ids, mask, [r.grids for r in requests])
+        positions = positions[..., cut:]                                      # (…, Bn, L)
         logits, cache = self.graphs.decode(embeds, mask, positions, past)
-        return mask, cache, logits, None if self.use_cache else embeds
+        return mask, cache, logits, None if self.use_cache else (embeds, positions), deltas
 
-    def _append(self, mask: np.ndarray, cache: KVCache, embeds: np.ndarray | None,
+    def _append(self, mask: np.ndarray, cache: KVCache, history, deltas: np.ndarray,
                 new: Sequence[int]) -> None:
         """Append prefilled rows to the batch; the shorter past is left-padded with masked zeros."""
+        embeds, positions = history or (None, None)
         if self._mask is None:                                                # nothing running
             self._mask, self._cache, self._last = mask, cache, np.zeros(len(new), np.int64)
-            self._embeds = embeds
+            self._embeds, self._pos, self._deltas = embeds, positions, deltas
         else:   # align the pasts on the right: the shorter is left-padded with masked zeros
             width = max(self._mask.shape[1], mask.shape[1])                   # S = max(past, L)
             self._mask = np.concatenate([pad_left(self._mask, width, 1),
@@ -240,6 +257,9 @@ class Generator:
             if not self.use_cache:
                 self._embeds = np.concatenate([pad_left(self._embeds, width, 1),
                                                pad_left(embeds, width, 1)])   # (B+Bn, S, D)
+                self._pos = np.concatenate([pad_left(self._pos, width, -1, 1),
+                                            pad_left(positions, width, -1, 1)], axis=-2)  # (…, B+Bn, S)
+            self._deltas = np.concatenate([self._deltas, deltas])             # (B+Bn,)
             self._last = np.concatenate([self._last, np.zeros(len(new), np.int64)])  # (B+Bn,)
         self.active = np.concatenate([self.active, np.asarray(new, np.int64)])
         self.running = np.concatenate([self.running, np.ones(len(new), bool)])
@@ -260,9 +280,9 @@ class Generator:
         groups = [(reuse, True)] if self.graphs.batched_past_prefill else [([i], True) for i in reuse]
         for group, with_prefix in (*groups, (whole, False)):
             if group:
-                mask, cache, logits, embeds = self._prefill([self.requests[i] for i in group],
-                                                            with_prefix)
-                self._append(mask, cache, embeds, group)
+                mask, cache, logits, history, deltas = self._prefill(
+                    [self.requests[i] for i in group], with_prefix)
+                self._append(mask, cache, history, deltas, group)
                 all_logits.append(logits)
         self.times.prefill_s += time.perf_counter() - t0 - (self.times.vision_s - vision_before)
         return np.arange(first, first + len(pending)), np.concatenate(all_logits)  # (Bn,), (Bn, V)
@@ -273,14 +293,14 @@ class Generator:
         t0 = time.perf_counter()
         new = self.graphs.embed(self._last[:, None])                          # (B, 1, D)
         self._mask = np.concatenate([self._mask, np.ones((len(self._last), 1), np.int64)], axis=1)
+        positions = self.positions.step_positions(self._mask, self._deltas)   # (…, B, 1)
         if self.use_cache:
-            positions = (self._mask.sum(axis=1, keepdims=True) - 1).astype(np.int64)   # (B, 1)
             logits, self._cache = self.graphs.decode(new, self._mask, positions, self._cache)
         else:
             self._embeds = np.concatenate([self._embeds, new], axis=1)        # (B, past+1, D)
+            self._pos = np.concatenate([self._pos, positions], axis=-1)       # (…, B, past+1)
             empty = self.graphs.empty_cache(len(self._last))
-            logits, _ = self.graphs.decode(self._embeds, self._mask, positions_from_mask(self._mask),
-                                           empty)
+            logits, _ = self.graphs.decode(self._embeds, self._mask, self._pos, empty)
         self.times.decode_s += time.perf_counter() - t0
         return logits                                                         # (B, V)
 
@@ -288,13 +308,15 @@ class Generator:
         """Evict every batch row not in `keep` (slice every past tensor); no rows = empty batch."""
         if keep.size == 0:
             self.active, self.running = self.active[:0], self.running[:0]
-            self._mask = self._cache = self._embeds = self._last = None
+            self._mask = self._cache = self._embeds = self._pos = self._deltas = self._last = None
             return
         self.active, self.running = self.active[keep], self.running[keep]
         self._last, self._mask = self._last[keep], self._mask[keep]
+        self._deltas = self._deltas[keep]
         self._cache = self._cache.select(keep)
         if self._embeds is not None:
             self._embeds = self._embeds[keep]
+            self._pos = self._pos[..., keep, :]
 
     def step(self) -> list[tuple[int, int]]:
         """Advance by one token; returns (request index, token id) for each row that produced one.

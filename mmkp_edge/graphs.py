@@ -24,19 +24,12 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError
+from .graph_io import (ATTENTION_MASK, DECODER, EMBED, INPUT_IDS, INPUTS_EMBEDS, LOGITS, PIXEL_VALUES,
+                       POSITION_IDS, VISION, past_names, present_names)
 from .manifest import ModelInfo
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 HEADROOM = 64   # positions an in-place buffer is allocated beyond what a step needs (fewer regrowths)
-
-
-def past_names(num_layers: int) -> list[str]:
-    """The decoder's past K/V input names, in graph order (the bundle contract; export writes them)."""
-    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 @dataclass
@@ -126,16 +119,15 @@ class Graphs:
     def __init__(self, vision: ort.InferenceSession, embed: ort.InferenceSession,
                  decoder: ort.InferenceSession, model: ModelInfo):
         self.model = model
-        self.sessions = {"vision_encoder": vision, "embed_tokens": embed, "decoder_model_merged": decoder}
+        self.sessions = {VISION: vision, EMBED: embed, DECODER: decoder}
         self.past = past_names(model.num_layers)
         self.present = present_names(model.num_layers)
-        _expect_io(vision, "vision_encoder", ["pixel_values"], [])
-        _expect_io(embed, "embed_tokens", ["input_ids"], [])
-        _expect_io(decoder, "decoder_model_merged",
-                   ["inputs_embeds", "attention_mask", "position_ids", *self.past],
-                   ["logits", *self.present])
+        _expect_io(vision, VISION, [PIXEL_VALUES], [])
+        _expect_io(embed, EMBED, [INPUT_IDS], [])
+        _expect_io(decoder, DECODER, [INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, *self.past],
+                   [LOGITS, *self.present])
         types = {i.name: i.type for i in decoder.get_inputs()}
-        self.float_dtype = _NP_TYPES.get(types["inputs_embeds"], np.float32)
+        self.float_dtype = _NP_TYPES.get(types[INPUTS_EMBEDS], np.float32)
         self.pixel_dtype = _NP_TYPES.get(vision.get_inputs()[0].type, np.float32)
         # Where IO binding keeps the KV cache: "cuda" on the CUDA EP, None = plain numpy run().
         # (Tests set "cpu" to drive the binding path without a GPU.)
@@ -160,13 +152,13 @@ class Graphs:
 
     def vision(self, pixel_values: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) → image features (N, tokens_per_image, hidden)."""
-        out = self.sessions["vision_encoder"].run(
-            None, {"pixel_values": pixel_values.astype(self.pixel_dtype, copy=False)})[0]
+        out = self.sessions[VISION].run(
+            None, {PIXEL_VALUES: pixel_values.astype(self.pixel_dtype, copy=False)})[0]
         return out                                                            # (N, tok, D)
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """(B, T) int64 → (B, T, hidden)."""
-        return self.sessions["embed_tokens"].run(None, {"input_ids": input_ids.astype(np.int64)})[0]
+        return self.sessions[EMBED].run(None, {INPUT_IDS: input_ids.astype(np.int64)})[0]
 
     # ------------------------------------------------------------ decoder
 
@@ -184,9 +176,9 @@ class Graphs:
                cache: KVCache) -> tuple[np.ndarray, KVCache]:
         """One decoder call: embeds (B, T, D), mask (B, past+T), positions (B, T) →
         last-position logits (B, V) float32 and the grown cache."""
-        feeds = {"inputs_embeds": embeds.astype(self.float_dtype, copy=False),
-                 "attention_mask": mask.astype(np.int64, copy=False),
-                 "position_ids": positions.astype(np.int64, copy=False)}
+        feeds = {INPUTS_EMBEDS: embeds.astype(self.float_dtype, copy=False),
+                 ATTENTION_MASK: mask.astype(np.int64, copy=False),
+                 POSITION_IDS: positions.astype(np.int64, copy=False)}
         if cache.in_place:
             cache = cache.reserved(cache.length + embeds.shape[1])
             logits, present = self._decode_in_place(feeds, cache), cache.tensors
@@ -194,8 +186,8 @@ class Graphs:
             logits, present = self._decode_bound(feeds, cache)
         else:
             feeds.update(zip(self.past, cache.tensors))
-            outs = dict(zip(self._outputs, self.sessions["decoder_model_merged"].run(None, feeds)))
-            logits, present = outs["logits"], [outs[n] for n in self.present]
+            outs = dict(zip(self._outputs, self.sessions[DECODER].run(None, feeds)))
+            logits, present = outs[LOGITS], [outs[n] for n in self.present]
         if logits.ndim == 3:                                                  # (B, 1, V) accepted
             logits = logits[:, -1]
         grown = KVCache(present, cache.length + embeds.shape[1], cache.device, cache.in_place)
@@ -205,8 +197,8 @@ class Graphs:
         """Past and present bound to the same numpy buffers (OrtValues over their memory): the
         attention kernel appends this step's keys/values in place; only the logits come back."""
         if self._binding is None or self._binding[0] is not cache.tensors:   # new buffers: rebind
-            binding = self.sessions["decoder_model_merged"].io_binding()
-            binding.bind_output("logits", "cpu")                              # outputs[0]
+            binding = self.sessions[DECODER].io_binding()
+            binding.bind_output(LOGITS, "cpu")                                # outputs[0]
             for past, present, buffer in zip(self.past, self.present, cache.tensors):
                 value = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)    # shares the memory
                 binding.bind_ortvalue_input(past, value)
@@ -215,19 +207,19 @@ class Graphs:
         binding = self._binding[1]
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        self.sessions["decoder_model_merged"].run_with_iobinding(binding)
+        self.sessions[DECODER].run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
 
     def _decode_bound(self, feeds: dict, cache: KVCache) -> tuple[np.ndarray, list]:
         """IO binding keeps past/present on the device; only the logits come to the host."""
-        session = self.sessions["decoder_model_merged"]
+        session = self.sessions[DECODER]
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name, value in zip(self.past, cache.tensors):
             binding.bind_ortvalue_input(name, value)
         for name in self._outputs:
-            binding.bind_output(name, "cpu" if name == "logits" else self.bound_device, 0)
+            binding.bind_output(name, "cpu" if name == LOGITS else self.bound_device, 0)
         session.run_with_iobinding(binding)
         outs = dict(zip(self._outputs, binding.get_outputs()))
-        return outs["logits"].numpy(), [outs[n] for n in self.present]
+        return outs[LOGITS].numpy(), [outs[n] for n in self.present]

@@ -59,7 +59,7 @@ special token ids and the graph shapes. A field added here is a field export mus
                     {"method": "mlx-affine", "bits": 8|4, "group_size": 64, …}; everything else
                     (prompt, chat, tokenizer, special tokens, image) means the same.
 
-Graph I/O (transformers.js names; dynamic axes named):
+Graph I/O (transformers.js names, written once in mmkp_edge/graph_io.py; dynamic axes named):
     vision_encoder        pixel_values (N, 3, S, S) float → image_features (N, tokens_per_image, hidden)
                           (S = max_image_size; every frame is a full square, so the export wrapper
                           builds Idefics3's all-ones patch mask / position ids inside the graph)
@@ -79,18 +79,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import families
 from .errors import InputError
+from .graph_io import GRAPH_NAMES
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 DTYPES = ("float32", "float16")
 BACKENDS = ("onnx", "mlx")     # what runs the bundle: onnxruntime graphs, or an mlx-vlm checkpoint
-# The student families this runtime serves — the one list. A family's runtime side is its image
-# preprocessing (preprocess.py) and its prompt / image-token layout (chat.py, filled from this
-# manifest's chat and image data); a bundle of any other family would be fed wrong inputs without
-# an error, so it is refused at load (and export cannot write one: save() validates).
-RUNTIME_FAMILIES = ("idefics3",)
+# The student families this runtime serves, derived from the one registry (mmkp_edge/families): a
+# family's runtime side is its image preprocessing, its image-token layout and its position ids; a
+# bundle of any other family would be fed wrong inputs without an error, so it is refused at load
+# (and export cannot write one: save() validates).
+RUNTIME_FAMILIES = families.names()
 
 
 @dataclass(frozen=True)
@@ -200,10 +201,7 @@ class Manifest:
             raise InputError(f"manifest schema_version {self.schema_version} is not supported by this "
                              f"runtime (it reads {SCHEMA_VERSION}); re-export the bundle or upgrade "
                              f"mmkp-edge")
-        if self.family not in RUNTIME_FAMILIES:
-            raise InputError(f"manifest: family {self.family!r} is not one this runtime serves "
-                             f"({', '.join(RUNTIME_FAMILIES)}); use an mmkp-edge that knows it, or "
-                             f"export a student of a supported family")
+        family = families.family_class(self.family)      # refuses a family this runtime lacks
         if self.backend not in BACKENDS:
             raise InputError(f"manifest: backend {self.backend!r} not one of {', '.join(BACKENDS)}")
         for name in GRAPH_NAMES if self.backend == "onnx" else ():
@@ -219,12 +217,7 @@ class Manifest:
             raise InputError("manifest: chat.with_image needs both {image} and {prompt}")
         if "{prompt}" not in self.chat.text_only or "{image}" in self.chat.text_only:
             raise InputError("manifest: chat.text_only needs {prompt} and no {image}")
-        if "{image_tokens}" not in self.image.token_string:
-            raise InputError("manifest: image.token_string needs {image_tokens}")
-        if self.image.do_image_splitting and "{image_tokens}" not in self.image.tile_string:
-            raise InputError("manifest: image.tile_string needs {image_tokens} when splitting")
-        if min(self.image.max_image_size, self.image.tokens_per_image, self.image.size_longest_edge) < 1:
-            raise InputError("manifest: image sizes and tokens_per_image must be positive")
+        family.check_manifest(self)                        # the family's own image fields
         m = self.model
         if min(m.num_layers, m.num_kv_heads, m.head_dim, m.hidden_size, m.vocab_size, m.max_context) < 1:
             raise InputError("manifest: model dimensions must be positive")

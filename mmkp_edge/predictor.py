@@ -101,7 +101,7 @@ def _as_query(item: Item) -> Query | BadInput:
 
 
 def fit_query(encoder: PromptEncoder, max_context: int, query: Query,
-              grid: tuple[int, int] | None, max_new_tokens: int) -> Fitted:
+              grid: tuple[int, ...] | None, max_new_tokens: int) -> Fitted:
     """The query's text and OCR, cleaned and cut from the end so that its prompt leaves
     `max_new_tokens` of the context (mmkp_edge.truncation: the rule training uses too)."""
     return fit(clean_text(query.text), clean_text(query.ocr),
@@ -144,7 +144,7 @@ class KeyphrasePredictor:
     def _prepare(self, query: Query, cfg: PredictConfig) -> _Prepared | Prediction:
         t0 = time.perf_counter()
         warning = None
-        pixels, grid = None, None
+        pixels, grid, family = None, None, self.bundle.family
         try:
             loaded = post_image(query.image, query.missing_image, cfg.bad_image)
         except BadImage as exc:
@@ -152,12 +152,12 @@ class KeyphrasePredictor:
         if loaded.problem is not None:
             warning = f"{loaded.problem}; answered from the text only"
         if loaded.image is not None:
-            prepared = self.bundle.preprocessor(loaded.image)
-            pixels, grid = prepared.pixel_values, (prepared.rows, prepared.cols)
+            prepared = family.preprocess(loaded.image)
+            pixels, grid = prepared.pixel_values, prepared.grid
         encoder = self.bundle.encoder
         fitted = fit_query(encoder, self.manifest.model.max_context, query, grid, cfg.max_new_tokens)
         ids = encoder.encode(fitted.text, fitted.ocr, grid, cfg.think)
-        expected = 0 if pixels is None else len(pixels) * self.manifest.image.tokens_per_image
+        expected = 0 if grid is None else family.image_tokens(grid)
         if int((ids == self.manifest.special_tokens.image).sum()) != expected:
             return Prediction(query.id, error=f"the post text contains the image placeholder "
                                               f"{self.manifest.image.image_token!r}; remove it")
@@ -166,7 +166,8 @@ class KeyphrasePredictor:
             return Prediction(query.id, error=f"the prompt is {len(ids)} tokens without its text "
                                               f"(chat and image tokens); this model's context is "
                                               f"{self.manifest.model.max_context}")
-        return _Prepared(query.id, Request(ids, pixels), min(cfg.max_new_tokens, room),
+        request = Request(ids, pixels, () if grid is None else (grid,))
+        return _Prepared(query.id, request, min(cfg.max_new_tokens, room),
                          time.perf_counter() - t0, warning, fitted.truncated)
 
     def _finish(self, item: _Prepared, tokens: list[int], finish: str, times: dict,
@@ -203,7 +204,7 @@ class KeyphrasePredictor:
             self._prefix = self.bundle.encoder.prefix_ids()
         return Generator(self.bundle.graphs, requests, image_token_id=st.image, pad_id=st.pad,
                          stop_ids=rules.stop_ids if stops else (), max_new_tokens=max_new_tokens,
-                         suppress_ids=rules.suppress_ids,
+                         suppress_ids=rules.suppress_ids, positions=self.bundle.family,
                          prefix=self._prefix if reuse_prefix else (), **options)
 
     def _generate(self, batch: list[_Prepared], cfg: PredictConfig) -> list[Prediction]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mmkp_edge.posts import read_jsonl
-from train.demo import make_demo_data
+from train.demo_data import make_demo_data
 from train.tiny import init_tiny
 
 

@@ -8,7 +8,7 @@ from mmkp_edge.phrases import stem_key
 from mmkp_edge.posts import read_jsonl
 from train.cot import load_rationales
 from train.cot.command import main
-from train.demo import make_demo_data
+from train.demo_data import make_demo_data
 
 
 def test_demo_teacher_writes_filtered_rationales(tmp_path):

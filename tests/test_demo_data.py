@@ -11,9 +11,9 @@ from mmkp_edge.images import load_image
 from mmkp_edge.metrics import is_present, score, source_stems
 from mmkp_edge.phrases import stem_key, stem_tokens
 from mmkp_edge.posts import read_jsonl
-from train.demo import DemoDataConfig, demo_corpus, demo_words, make_demo_data, read_evidence
-from train.demo import scenes, texts
-from train.demo.data import ALL_KEYPHRASES, SPLITS
+from train.demo_data import DemoDataConfig, demo_corpus, demo_words, make_demo_data, read_evidence
+from train.demo_data import scenes, texts
+from train.demo_data.data import ALL_KEYPHRASES, SPLITS
 
 
 def files(root: Path) -> dict[str, bytes]:

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mmkp_edge.manifest import MANIFEST_NAME
-from train.demo.command import stage_table, summary_text
-from train.demo.run import DemoConfig, run_demo
+from demo.command import stage_table, summary_text
+from demo.run import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow
 

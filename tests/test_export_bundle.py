@@ -20,7 +20,7 @@ from PIL import Image
 from export.cli import main
 from export.exporter import ExportConfig, export_bundle
 from export.source import load_source
-from export.wrappers import family_parts
+from export.families import family_parts
 from mmkp_edge import prompt
 from mmkp_edge.bundle import Bundle, verify_files
 from mmkp_edge.errors import InputError

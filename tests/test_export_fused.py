@@ -20,7 +20,7 @@ from export.fused_decoder import supports, write_decoder
 from export.graphs import decoder_kind
 from export.quantize import Int8Config
 from export.source import load_source
-from export.wrappers import family_parts
+from export.families import family_parts
 from mmkp_edge import graphs as runtime_graphs
 from mmkp_edge.errors import InputError
 from mmkp_edge.manifest import Manifest

@@ -14,7 +14,7 @@ import torch
 
 from export.exporter import ExportConfig, export_bundle
 from export.source import load_source
-from export.wrappers import family_parts
+from export.families import family_parts
 from mmkp_edge.manifest import Manifest
 from train.tiny import TinyConfig, init_tiny
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from mmkp_edge import prompt
-from mmkp_edge.chat import image_token_string, render
+from mmkp_edge.chat import render
+from mmkp_edge.families.idefics3 import ImagePreprocessor, image_token_string
 from mmkp_edge.images import load_image
 from mmkp_edge.manifest import ChatInfo, ImageInfo
-from mmkp_edge.preprocess import ImagePreprocessor
 from tolerance import fp32_atol
 
 TOKEN = "<fake_token_around_image><global-img>{image_tokens}<fake_token_around_image>"

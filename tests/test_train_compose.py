@@ -110,8 +110,9 @@ def test_lora_trains_the_tag_rows_and_merge_keeps_them(tmp_path, tie):
     text = save_text_model(tmp_path / "llama", tie=tie)
     student = load_student(compose(str(text), tmp_path / "s", vision="tiny-8-32"))
     tok = student.processor.tokenizer
-    rows = trainable_token_ids(tok)
+    rows = trainable_token_ids(tok, student.family.image_wrapper_tokens)
     assert set(rows) >= {tag_id(tok, t) for t in prompt.SPECIAL_TOKENS} | {tok.eos_token_id}
+    assert set(rows) >= {tok.convert_tokens_to_ids(t) for t in student.family.image_wrapper_tokens}
     emb0 = student.model.get_input_embeddings().weight.detach().clone()
     head0 = student.model.get_output_embeddings().weight.detach().clone()
     model = apply_lora(student.model, student.family, LoraSettings(r=4, alpha=8, dropout=0.0), tok)

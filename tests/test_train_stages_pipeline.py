@@ -190,7 +190,7 @@ def test_pipeline_runs_the_teacher_step_before_the_first_stage_that_needs_ration
     """`cot_data` in the pipeline recipe writes `rationales` (here with the demo teacher) between
     sft and cot, so a recipe alone goes from posts to Dynamic CoT."""
     from train import config_loader
-    from train.demo import make_demo_data
+    from train.demo_data import make_demo_data
     from train.stages.pipeline import PipelineConfig, run_pipeline
     from train.tiny import init_tiny
 

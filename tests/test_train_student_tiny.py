@@ -88,7 +88,7 @@ def test_prompt_pieces_rebuild_processor_token_ids(tiny_dir, image_path, think):
                             prompt.prime(think))
         assert got == expected, post.id
     assert pieces.image_string.count("<image>") == student.family.image_settings(
-        student.processor)["image_seq_len"]
+        student.processor)["tokens_per_image"]
 
 
 def test_family_registry_and_options(tiny_dir):
@@ -102,7 +102,7 @@ def test_family_registry_and_options(tiny_dir):
 def test_image_splitting_is_off_by_default_and_recorded(tiny_dir):
     student = load_student(tiny_dir)
     settings = student.family.image_settings(student.processor)
-    assert settings["image_splitting"] is False and settings["tile_size"] == 32
+    assert settings["do_image_splitting"] is False and settings["max_image_size"] == 32
     split = load_student(tiny_dir, image_splitting=True)
     assert split.processor.image_processor.do_image_splitting is True
 

@@ -21,6 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmkp_edge import prompt
+from mmkp_edge.graph_io import (ATTENTION_MASK, DECODER, EMBED, GRAPH_FILES, IMAGE_FEATURES, INPUT_IDS,
+                                INPUTS_EMBEDS, LOGITS, PIXEL_VALUES, POSITION_IDS, VISION, past_names,
+                                present_names)
 from mmkp_edge.manifest import (ChatInfo, ImageInfo, Manifest, ModelInfo, PromptInfo, SpecialTokens,
                                 TokenizerInfo)
 
@@ -60,20 +63,20 @@ def _model(nodes, name, inputs, outputs, inits) -> onnx.ModelProto:
 
 def embed_graph(table: np.ndarray) -> onnx.ModelProto:
     V, D = table.shape
-    return _model([helper.make_node("Gather", ["table", "input_ids"], ["inputs_embeds"])], "embed",
-                  [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"])],
-                  [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["B", "T", D])],
+    return _model([helper.make_node("Gather", ["table", INPUT_IDS], [INPUTS_EMBEDS])], "embed",
+                  [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["B", "T"])],
+                  [helper.make_tensor_value_info(INPUTS_EMBEDS, TensorProto.FLOAT, ["B", "T", D])],
                   {"table": table})
 
 
 def vision_graph(weight: np.ndarray, side: int, tokens: int) -> onnx.ModelProto:
     D = weight.shape[1]
-    nodes = [helper.make_node("Reshape", ["pixel_values", "shape"], ["patches"]),   # (N, tok, 3SS/tok)
+    nodes = [helper.make_node("Reshape", [PIXEL_VALUES, "shape"], ["patches"]),     # (N, tok, 3SS/tok)
              helper.make_node("MatMul", ["patches", "w"], ["proj"]),                # (N, tok, D)
-             helper.make_node("Tanh", ["proj"], ["image_features"])]
+             helper.make_node("Tanh", ["proj"], [IMAGE_FEATURES])]
     return _model(nodes, "vision",
-                  [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, side, side])],
-                  [helper.make_tensor_value_info("image_features", TensorProto.FLOAT, ["N", tokens, D])],
+                  [helper.make_tensor_value_info(PIXEL_VALUES, TensorProto.FLOAT, ["N", 3, side, side])],
+                  [helper.make_tensor_value_info(IMAGE_FEATURES, TensorProto.FLOAT, ["N", tokens, D])],
                   {"w": weight, "shape": np.array([0, tokens, -1], np.int64)})
 
 
@@ -101,15 +104,15 @@ def decoder_graph(rng, D: int, V: int, layers: int, heads: int, head_dim: int, m
     const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
     const("split_heads", np.array([0, 0, heads, head_dim], np.int64))
     const("merge_heads", np.array([0, 0, heads * head_dim], np.int64))
-    x = node("Add", ["inputs_embeds", node("Gather", ["pos_table", "position_ids"], ["pos_emb"])], ["x0"])
+    x = node("Add", [INPUTS_EMBEDS, node("Gather", ["pos_table", POSITION_IDS], ["pos_emb"])], ["x0"])
     # mask bias (B, 1, T, S): key j visible to query i iff j <= past + i and attention_mask[j] == 1
-    S = node("Gather", [node("Shape", ["attention_mask"], ["mshape"]), "one"], ["S"])
-    T = node("Gather", [node("Shape", ["inputs_embeds"], ["eshape"]), "one"], ["T"])
+    S = node("Gather", [node("Shape", [ATTENTION_MASK], ["mshape"]), "one"], ["S"])
+    T = node("Gather", [node("Shape", [INPUTS_EMBEDS], ["eshape"]), "one"], ["T"])
     q_idx = node("Range", [node("Sub", [S, T], ["past_len"]), S, "one"], ["q_idx"])       # (T,)
     k_idx = node("Range", ["zero", S, "one"], ["k_idx"])                                   # (S,)
     causal = node("LessOrEqual", [node("Unsqueeze", [k_idx, "ax0"], ["k_row"]),
                                   node("Unsqueeze", [q_idx, "ax1"], ["q_col"])], ["causal"])  # (T, S)
-    pad = node("Unsqueeze", [node("Cast", ["attention_mask"], ["mask_b"], to=TensorProto.BOOL), "ax12"],
+    pad = node("Unsqueeze", [node("Cast", [ATTENTION_MASK], ["mask_b"], to=TensorProto.BOOL), "ax12"],
                ["pad"])                                                                    # (B, 1, 1, S)
     bias = node("Where", [node("And", [causal, pad], ["allowed"]), "fzero", "fneg"], ["bias"])
     for i in range(layers):
@@ -127,8 +130,9 @@ def decoder_graph(rng, D: int, V: int, layers: int, heads: int, head_dim: int, m
             return node("Transpose", [y], [p + w + "_t"], perm=[0, 2, 1, 3])               # (B, H, T, hd)
 
         q, k, v = heads_of("wq"), heads_of("wk"), heads_of("wv")
-        K = node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)   # (B, H, S, hd)
-        Vv = node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
+        past, present = past_names(layers)[2 * i:2 * i + 2], present_names(layers)[2 * i:2 * i + 2]
+        K = node("Concat", [past[0], k], [present[0]], axis=2)                  # (B, H, S, hd)
+        Vv = node("Concat", [past[1], v], [present[1]], axis=2)
         scores = node("MatMul", [q, node("Transpose", [K], [p + "kT"], perm=[0, 1, 3, 2])], [p + "s"])
         scores = node("Add", [node("Mul", [scores, "scale"], [p + "ss"]), bias], [p + "sb"])  # (B, H, T, S)
         att = node("MatMul", [node("Softmax", [scores], [p + "p"], axis=-1), Vv], [p + "a"])    # (B, H, T, hd)
@@ -140,18 +144,16 @@ def decoder_graph(rng, D: int, V: int, layers: int, heads: int, head_dim: int, m
         x = node("Add", [x, mlp], [p + "x2"])
     last = node("Squeeze", [node("Gather", [x, "neg1"], ["last3"], axis=1), "ax1"], ["last"])  # (B, D)
     init["lm_head"], init["lm_bias"] = _init(rng, D, V, std=1.0), lm_bias
-    node("Add", [node("MatMul", [last, "lm_head"], ["lm"]), "lm_bias"], ["logits"])            # (B, V)
+    node("Add", [node("MatMul", [last, "lm_head"], ["lm"]), "lm_bias"], [LOGITS])              # (B, V)
     fl = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("inputs_embeds", fl, ["B", "T", D]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "T"])]
-    outputs = [helper.make_tensor_value_info("logits", fl, ["B", V])]
-    for i in range(layers):
-        for kv in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", fl,
-                                                        ["B", heads, "P", head_dim]))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", fl,
-                                                         ["B", heads, "S", head_dim]))
+    inputs = [helper.make_tensor_value_info(INPUTS_EMBEDS, fl, ["B", "T", D]),
+              helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["B", "S"]),
+              helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["B", "T"])]
+    outputs = [helper.make_tensor_value_info(LOGITS, fl, ["B", V])]
+    inputs += [helper.make_tensor_value_info(n, fl, ["B", heads, "P", head_dim])
+               for n in past_names(layers)]
+    outputs += [helper.make_tensor_value_info(n, fl, ["B", heads, "S", head_dim])
+                for n in present_names(layers)]
     return _model(n, "decoder", inputs, outputs, init)
 
 
@@ -170,13 +172,13 @@ def build_bundle(out: str | Path, *, seed: int = 0, layers: int = 2, hidden: int
     lm_bias[[ids["<end_of_utterance>"], ids[prompt.ANSWER_CLOSE]]] += stop_bias
     lm_bias[ids[prompt.THINK_OPEN]] += think_bias
     lm_bias[ids["<pad>"]] -= 100.0
-    graphs = {"embed_tokens": embed_graph(_init(rng, V, hidden, std=1.0)),
-              "vision_encoder": vision_graph(_init(rng, 3 * side * side // tokens_per_image, hidden),
+    graphs = {EMBED: embed_graph(_init(rng, V, hidden, std=1.0)),
+              VISION: vision_graph(_init(rng, 3 * side * side // tokens_per_image, hidden),
                                              side, tokens_per_image),
-              "decoder_model_merged": decoder_graph(rng, hidden, V, layers, heads, hidden // heads,
+              DECODER: decoder_graph(rng, hidden, V, layers, heads, hidden // heads,
                                                     max_context, lm_bias)}
     for name, model in graphs.items():
-        onnx.save(model, str(out / f"{name}.onnx"))
+        onnx.save(model, str(out / GRAPH_FILES[name]))
     image = ImageInfo(size_longest_edge=side * 3, max_image_size=side, tokens_per_image=tokens_per_image,
                       token_string="<fake_token_around_image><global-img>{image_tokens}<fake_token_around_image>",
                       tile_string="<fake_token_around_image><row_{row}_col_{col}>{image_tokens}",
@@ -194,7 +196,7 @@ def build_bundle(out: str | Path, *, seed: int = 0, layers: int = 2, hidden: int
         image=image,
         model=ModelInfo(num_layers=layers, num_kv_heads=heads, head_dim=hidden // heads, hidden_size=hidden,
                         vocab_size=V, max_context=max_context),
-        graphs={name: f"{name}.onnx" for name in graphs},
+        graphs={name: GRAPH_FILES[name] for name in graphs},
         files={}, opset=OPSET, validation={"note": "random toy weights"})
     manifest.with_files(out).save(out)
     return out

@@ -1,6 +1,8 @@
 """`mmkp-train`: one command group; each subcommand lives beside the code it drives and is
 registered here with one line. `mmkp-train --config RECIPE` (no subcommand) runs the progressive
-pipeline, like `mmkp-train pipeline --recipe RECIPE`."""
+pipeline, like `mmkp-train pipeline --recipe RECIPE`. The `demo` subcommand drives export and the
+runtime too, so it is attached from above the layers (demo/cli.py, the console script's target);
+training never imports export."""
 
 from __future__ import annotations
 
@@ -43,13 +45,12 @@ def _register() -> None:
     """Every subcommand lives beside the code it drives; add one line here for a new one."""
     from .compose import init_student_command
     from .cot.command import cot_data_command
-    from .demo.command import demo_command
     from .lora import merge_command
     from .stages.command import STAGE_COMMANDS, pipeline_command
     from .tiny import init_tiny_command
 
     for command in (init_tiny_command, init_student_command, merge_command, cot_data_command, *STAGE_COMMANDS,
-                    pipeline_command, demo_command):
+                    pipeline_command):
         cli.add_command(command)
 
 

@@ -24,8 +24,9 @@ import click
 
 from mmkp_edge.errors import InputError
 
-from .families.idefics3 import END_OF_UTTERANCE, IMAGE_TOKEN, ROW_COL, SMOLVLM_CHAT_TEMPLATE
-from .tokens import IMAGE_WRAPPERS, add_tokens, ensure_contract_tokens
+from .families.idefics3 import (END_OF_UTTERANCE, IMAGE_TOKEN, IMAGE_WRAPPERS, ROW_COL,
+                               SMOLVLM_CHAT_TEMPLATE)
+from .tokens import add_tokens, ensure_contract_tokens
 
 
 

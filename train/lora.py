@@ -39,14 +39,14 @@ class LoraSettings:
         return self
 
 
-def token_rows(model, tokenizer) -> dict[str, list[int]] | None:
+def token_rows(model, tokenizer, family: StudentFamily | None = None) -> dict[str, list[int]] | None:
     """peft `trainable_token_indices`: the contract's rows (`train.tokens.trainable_token_ids`) in
     the input embedding, and in lm_head too when it is not tied to it (peft follows a tied head)."""
     if tokenizer is None:
         return None
     from .tokens import trainable_token_ids
 
-    ids = trainable_token_ids(tokenizer)
+    ids = trainable_token_ids(tokenizer, family.image_wrapper_tokens if family else ())
     rows = {"embed_tokens": ids}
     out = model.get_output_embeddings()
     if out is not None and out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
@@ -64,7 +64,7 @@ def apply_lora(model, family: StudentFamily, settings: LoraSettings = LoraSettin
     targets = settings.targets or family.default_lora_targets
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=family.lora_target_regex(tuple(targets), settings.vision),
-                        bias="none", trainable_token_indices=token_rows(model, tokenizer))
+                        bias="none", trainable_token_indices=token_rows(model, tokenizer, family))
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:   # peft: "Target modules ... not found in the base model"

@@ -24,8 +24,8 @@ import click
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 
-from .demo import demo_corpus
-from .demo.data import ALL_KEYPHRASES as DEMO_KEYPHRASES
+from .demo_data import demo_corpus
+from .demo_data.data import ALL_KEYPHRASES as DEMO_KEYPHRASES
 from .families.idefics3 import (END_OF_UTTERANCE, FAKE_AROUND, GLOBAL_IMG, IMAGE_TOKEN, ROW_COL,
                                 SMOLVLM_CHAT_TEMPLATE)
 
@@ -70,7 +70,7 @@ _SENTENCES = (
 
 def corpus() -> list[str]:
     """Training text for the BPE: English words, sample posts, the prompt contract, chat roles and
-    every text, keyphrase and rationale sentence of the synthetic demo (`train.demo.demo_corpus`)."""
+    every text, keyphrase and rationale sentence of the synthetic demo (`train.demo_data.demo_corpus`)."""
     contract = [prompt.user_text(s, "text in the image") for s in _SENTENCES]
     targets = [prompt.reasoning_target(s, s.lower().rstrip(".!").split()[:3]) for s in _SENTENCES]
     words = " ".join(_WORDS)

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 from mmkp_edge import prompt
 
-from .families.idefics3 import FAKE_AROUND, GLOBAL_IMG
-
-# What the Idefics3 processor puts around image tokens; new rows on a text-only backbone.
-IMAGE_WRAPPERS = (FAKE_AROUND, GLOBAL_IMG)
 
 
 def tag_id(tokenizer, tag: str) -> int | None:
@@ -110,11 +106,12 @@ def ensure_contract_tokens(model, processor) -> list[str]:
     return added
 
 
-def trainable_token_ids(tokenizer) -> list[int]:
-    """Rows trained beside LoRA: the contract's tags, the end token, the image wrapper tokens."""
+def trainable_token_ids(tokenizer, image_wrappers: tuple[str, ...] = ()) -> list[int]:
+    """Rows trained beside LoRA: the contract's tags, the end token, and the family's image
+    wrapper tokens (`StudentFamily.image_wrapper_tokens`: new rows on a text-only backbone)."""
     ids = {tag_id(tokenizer, t) for t in prompt.SPECIAL_TOKENS}
     ids.add(tokenizer.eos_token_id)
-    ids |= {tokenizer.convert_tokens_to_ids(t) for t in IMAGE_WRAPPERS if t in tokenizer.get_vocab()}
+    ids |= {tokenizer.convert_tokens_to_ids(t) for t in image_wrappers if t in tokenizer.get_vocab()}
     return sorted(int(i) for i in ids if i is not None)
 
 

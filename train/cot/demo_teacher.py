@@ -1,6 +1,6 @@
 """The `demo` teacher: a stand-in for a real teacher (GPT-4o in the paper) in the one-command demo.
 
-The synthetic demo generator (train.demo) knows why every keyphrase is right — which words of the
+The synthetic demo generator (train.demo_data) knows why every keyphrase is right — which words of the
 text name it, which shape and colour in the image imply it — and writes that down in
 `evidence.jsonl`. This teacher turns that ground truth into a rationale in the real teacher's
 output format, `<think>…</think><answer>…</answer>`, so the demo exercises the same `cot-data`
@@ -22,7 +22,7 @@ from pathlib import Path
 from mmkp_edge.errors import InputError
 from mmkp_edge.prompt import reasoning_target
 
-from ..demo.evidence import Evidence, read_evidence
+from ..demo_data.evidence import Evidence, read_evidence
 from .teachers import TeacherReply, TeacherRequest, Usage
 
 

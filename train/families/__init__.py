@@ -1,9 +1,11 @@
 """Student families: everything that differs between VLM architectures lives behind one interface.
 
-Training, merging and export ask a `StudentFamily` (looked up by the checkpoint's Hugging Face
-`model_type`) how to load the model and processor, where the language model sits, which linear
-layers LoRA adapts, how images are preprocessed and how a prompt is rendered. Adding a family
-(e.g. Qwen2-VL) is one new module that registers itself here, not edits across stages.
+Training, merging and export ask a `StudentFamily` how to load the model and processor, where the
+language model sits, which linear layers LoRA adapts, how images are preprocessed and how a prompt
+is rendered. Families are registered under their family name — the manifest's `family`, the same
+key export/families and mmkp_edge/families use — and found for a checkpoint through the Hugging
+Face `model_type`s each one declares. Adding a family (e.g. Qwen2-VL) is one new module here that
+registers itself (plus one per layer in export and the runtime), not edits across stages.
 
 `PromptPieces` is the chat rendering as plain data, so the torch-free runtime can rebuild the exact
 prompt text (and therefore the exact token ids) without transformers or Jinja.
@@ -70,6 +72,8 @@ class StudentFamily(Protocol):
     name: ClassVar[str]                        # family id recorded in run dirs and bundles
     model_types: ClassVar[tuple[str, ...]]     # HF `model_type` values this family handles
     default_lora_targets: ClassVar[tuple[str, ...]]  # LM linear-layer names LoRA adapts
+    image_wrapper_tokens: ClassVar[tuple[str, ...]]  # tokens around image tokens, trained beside
+                                                     # LoRA (new rows on a text-only backbone)
 
     def load_model(self, source: str, *, dtype: "torch.dtype | None" = None,
                    device: "str | torch.device" = "cpu", attn_implementation: str | None = None) -> Any:
@@ -88,36 +92,48 @@ class StudentFamily(Protocol):
         """A peft `target_modules` regex matching `targets` inside the language model only."""
 
     def image_settings(self, processor: Any) -> dict:
-        """Image preprocessing as JSON-able data (tile size, resampling, mean/std, tokens…)."""
+        """Image preprocessing as JSON-able data, keyed by the manifest's `image` names
+        (mmkp_edge.manifest.ImageInfo: max_image_size, size_longest_edge, tokens_per_image, …)."""
 
     def prompt_pieces(self, processor: Any) -> PromptPieces:
         """The chat rendering as data (see `PromptPieces`), self-checked against the processor."""
 
 
-_FACTORIES: dict[str, Callable[..., StudentFamily]] = {}
+_BY_NAME: dict[str, Callable[..., StudentFamily]] = {}    # family name → factory (the class)
+_MODEL_TYPES: dict[str, str] = {}                          # HF model_type → family name
 
 
-def register(*model_types: str) -> Callable:
-    """Class decorator: make a family constructible for each of `model_types`."""
-    def deco(factory: Callable[..., StudentFamily]) -> Callable[..., StudentFamily]:
-        for mt in model_types:
-            _FACTORIES[mt] = factory
-        return factory
-    return deco
+def register(factory: Callable[..., StudentFamily]) -> Callable[..., StudentFamily]:
+    """Class decorator: register a family under its `name`, found for each of its `model_types`."""
+    _BY_NAME[factory.name] = factory
+    for mt in factory.model_types:
+        _MODEL_TYPES[mt] = factory.name
+    return factory
+
+
+def names() -> tuple[str, ...]:
+    """Registered family names (the manifest's `family` values)."""
+    return tuple(_BY_NAME)
 
 
 def known_model_types() -> tuple[str, ...]:
-    return tuple(sorted(_FACTORIES))
+    return tuple(sorted(_MODEL_TYPES))
+
+
+def family_by_name(name: str, **options) -> StudentFamily:
+    """The family registered as `name`, built with family options (e.g. image_splitting)."""
+    try:
+        return _BY_NAME[name](**options)
+    except KeyError:
+        raise InputError(f"unknown student family {name!r}; known: {', '.join(names())}") from None
 
 
 def family_for(model_type: str, **options) -> StudentFamily:
     """The family for a HF `model_type`, built with family options (e.g. image_splitting)."""
-    try:
-        factory = _FACTORIES[model_type]
-    except KeyError:
+    if model_type not in _MODEL_TYPES:
         raise InputError(f"unsupported student model_type {model_type!r}; supported: "
-                         f"{', '.join(known_model_types())}") from None
-    return factory(**options)
+                         f"{', '.join(known_model_types())}")
+    return family_by_name(_MODEL_TYPES[model_type], **options)
 
 
 def model_type_of(source: str | os.PathLike) -> str:

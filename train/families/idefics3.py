@@ -26,6 +26,7 @@ from . import PromptPieces, register
 # ("User:" / "Assistant:", `<end_of_utterance>` ends a turn): used by init-tiny and init-student.
 IMAGE_TOKEN, FAKE_AROUND, GLOBAL_IMG = "<image>", "<fake_token_around_image>", "<global-img>"
 END_OF_UTTERANCE = "<end_of_utterance>"
+IMAGE_WRAPPERS = (FAKE_AROUND, GLOBAL_IMG)   # around image tokens; new rows on a text-only backbone
 ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 SMOLVLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -43,7 +44,7 @@ def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-@register("idefics3", "smolvlm")
+@register
 @dataclass(frozen=True)
 class Idefics3Family:
     image_splitting: bool = False   # False: one global tile per image (edge default); True: HF tiling
@@ -54,6 +55,7 @@ class Idefics3Family:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     vision_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj",
                                                       "fc1", "fc2")
+    image_wrapper_tokens: ClassVar[tuple[str, ...]] = IMAGE_WRAPPERS   # trained beside LoRA
 
     # ------------------------------------------------------------------ loading
 
@@ -112,19 +114,23 @@ class Idefics3Family:
     # ------------------------------------------------------------------ data contract
 
     def image_settings(self, processor) -> dict:
-        """Preprocessing as data. Without splitting the PIL processor does, per image: resize so the
-        longest edge is `resize_longest_edge` (aspect kept), resize to `tile_size`² (aspect not
-        kept), both with `resample`; × rescale_factor; (x - mean) / std; CHW float32."""
+        """Preprocessing as data, under the manifest's names (mmkp_edge.manifest.ImageInfo).
+        Without splitting the PIL processor does, per image: resize so the longest edge is
+        `size_longest_edge` (aspect kept), resize to `max_image_size`² (aspect not kept), both
+        with `resample`; × rescale_factor; (x - mean) / std; CHW float32."""
         ip = processor.image_processor
         size = ip.size.longest_edge if hasattr(ip.size, "longest_edge") else ip.size["longest_edge"]
-        return {"image_splitting": bool(ip.do_image_splitting),
-                "tile_size": int(ip.max_image_size["longest_edge"]),   # square tile side (px)
-                "resize_longest_edge": int(size),                      # first resize (aspect kept)
-                "resample": int(ip.resample),                          # PIL enum (1 = LANCZOS)
+        return {"do_image_splitting": bool(ip.do_image_splitting),
+                "max_image_size": int(ip.max_image_size["longest_edge"]),   # square tile side (px)
+                "size_longest_edge": int(size),                             # first resize (aspect kept)
+                "do_resize": bool(ip.do_resize),
+                "resample": int(ip.resample),                               # PIL enum (1 = LANCZOS)
+                "do_rescale": bool(ip.do_rescale),
                 "rescale_factor": float(ip.rescale_factor),
+                "do_normalize": bool(ip.do_normalize),
                 "image_mean": [float(v) for v in ip.image_mean],
                 "image_std": [float(v) for v in ip.image_std],
-                "image_seq_len": int(processor.image_seq_len),        # <image> tokens per tile
+                "tokens_per_image": int(processor.image_seq_len),          # <image> tokens per tile
                 "image_token": processor.image_token,
                 "image_token_id": int(processor.image_token_id)}
 

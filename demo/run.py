@@ -20,9 +20,9 @@ from typing import Any, TextIO
 from mmkp_edge.errors import InputError
 from mmkp_edge.posts import read_jsonl
 
-from .. import config_loader
-from ..tiny import TinyConfig, init_tiny
-from .data import make_demo_data
+from train import config_loader
+from train.demo_data import make_demo_data
+from train.tiny import TinyConfig, init_tiny
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _bytes(path: Path) -> int:
 
 
 def _pipeline_config(cfg: DemoConfig, out: Path, student: Path, data, rationales: Path):
-    from ..stages.pipeline import PipelineConfig
+    from train.stages.pipeline import PipelineConfig
 
     common = {
         "train": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -80,13 +80,13 @@ def _pipeline_config(cfg: DemoConfig, out: Path, student: Path, data, rationales
 
 def run_demo(cfg: DemoConfig, log: TextIO = sys.stderr) -> dict:
     """Run every step; returns the summary (stage metrics, bundle size, predictions, timings)."""
+    # imported here so that `mmkp-train --help` does not load torch, onnx and the exporter
     from export.exporter import ExportConfig, export_bundle
     from export.validate import ValidateConfig
     from mmkp_edge.predictor import KeyphrasePredictor
     from mmkp_edge.query import Query
-
-    from ..cot.records import latest_records
-    from ..stages.pipeline import run_pipeline
+    from train.cot.records import latest_records
+    from train.stages.pipeline import run_pipeline
 
     cfg.validate()
     out = Path(cfg.out)

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from .. import config_loader
+from train import config_loader
+
 from .run import DemoConfig, run_demo
 
 _SUBSETS = ("all", "present", "absent", "unseen")
