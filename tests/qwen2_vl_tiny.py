@@ -28,6 +28,8 @@ _TEXT = ("a photo of a cat on the mat", "the storm hit the city last night", "ha
          "user assistant system", "coffee and cake on a rainy morning", "two dogs play in the park",
          "predict the keyphrases for this post", "sunset at the beach with family and friends")
 
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"   # what the chat template writes per image
+
 # Image settings of the tiny checkpoint: 4-px patches merged 2×2 → sides multiples of 8 px,
 # 4..48 LM tokens per image.
 IMAGE = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8 * 4,
@@ -114,3 +116,32 @@ def load_tiny_qwen2_vl(folder: Path):
         folder, image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder), tokenizer=tokenizer)
     model = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
     return model, processor
+
+
+def settings_of(ip):
+    """The manifest's image section (mmkp_edge.families.qwen2_vl), read off a HF Qwen2-VL image
+    processor the way export will."""
+    from mmkp_edge.families.qwen2_vl import Qwen2VLImageSettings
+
+    return Qwen2VLImageSettings.from_dict(dict(
+        patch_size=ip.patch_size, merge_size=ip.merge_size, temporal_patch_size=ip.temporal_patch_size,
+        min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"],
+        resample=int(ip.resample), rescale_factor=ip.rescale_factor, image_mean=list(ip.image_mean),
+        image_std=list(ip.image_std)))
+
+
+def random_image(rng, h: int, w: int):
+    """An RGB image of h×w: uniform noise, or a flat colour with drawn ellipses and rectangles."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    if rng.random() < 0.5:
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, x1 = sorted(int(v) for v in rng.integers(0, w, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, h, 2))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    return img

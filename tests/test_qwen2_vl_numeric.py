@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mmkp_edge.families import qwen2_vl as q
 from tolerance import fp32_atol
@@ -24,36 +24,13 @@ from tolerance import fp32_atol
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from qwen2_vl_tiny import IMAGE, load_tiny_qwen2_vl, save_tiny_qwen2_vl  # noqa: E402
-
-IMG = "<|vision_start|><|image_pad|><|vision_end|>"   # what the chat template writes per image
+from qwen2_vl_tiny import (IMAGE, IMG, load_tiny_qwen2_vl, random_image,  # noqa: E402
+                           save_tiny_qwen2_vl, settings_of)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return load_tiny_qwen2_vl(save_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2vl")))
-
-
-def _settings(ip) -> q.Qwen2VLImageSettings:
-    """The manifest's image section, read off a HF image processor the way export would."""
-    return q.Qwen2VLImageSettings.from_dict(dict(
-        patch_size=ip.patch_size, merge_size=ip.merge_size, temporal_patch_size=ip.temporal_patch_size,
-        min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"],
-        resample=int(ip.resample), rescale_factor=ip.rescale_factor, image_mean=list(ip.image_mean),
-        image_std=list(ip.image_std)))
-
-
-def _image(rng, h: int, w: int) -> Image.Image:
-    if rng.random() < 0.5:
-        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(4):
-        x0, x1 = sorted(int(v) for v in rng.integers(0, w, 2))
-        y0, y1 = sorted(int(v) for v in rng.integers(0, h, 2))
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    return img
 
 
 def _sizes(rng, n: int) -> list[tuple[int, int]]:
@@ -88,11 +65,11 @@ def test_pixels_and_grid_match_hf_qwen2_vl_image_processor(overrides):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     hf = Qwen2VLImageProcessorPil(**{**IMAGE, **overrides})
-    ours = q.Qwen2VLImagePreprocessor(_settings(hf).to_dict())      # through the JSON form
+    ours = q.Qwen2VLImagePreprocessor(settings_of(hf).to_dict())      # through the JSON form
     rng = np.random.default_rng(len(str(overrides)))
     seen_small = seen_large = False
     for h, w in _sizes(rng, 24):
-        image = _image(rng, h, w)
+        image = random_image(rng, h, w)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = hf(image, return_tensors="np")
@@ -132,13 +109,13 @@ def test_prompt_token_ids_match_hf_processor(tiny):
 
     _, processor = tiny
     tok = Tokenizer.from_str(processor.tokenizer.backend_tokenizer.to_str())   # runtime tokenizer
-    ours_pre = q.Qwen2VLImagePreprocessor(_settings(processor.image_processor))
+    ours_pre = q.Qwen2VLImagePreprocessor(settings_of(processor.image_processor))
     rng = np.random.default_rng(3)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a post"}]}]
     template = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert IMG in template
     for h, w in [(30, 50), (70, 20), (2, 3), (300, 280), (16, 16)]:
-        image = _image(rng, h, w)
+        image = random_image(rng, h, w)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = processor(text=[template], images=[image], return_tensors="np")
@@ -152,7 +129,7 @@ def _batch(processor, rng):
     """Left-padded prompts: text-only, one image, two images of different sizes, long text-only."""
     texts = ["hi cat", f"a {IMG} the storm", f"{IMG} two {IMG} dogs play",
              "coffee and cake on a rainy morning in the park with friends"]
-    images = [_image(rng, 30, 50), _image(rng, 70, 20), _image(rng, 9, 9)]
+    images = [random_image(rng, 30, 50), random_image(rng, 70, 20), random_image(rng, 9, 9)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return processor(text=texts, images=images, padding=True, return_tensors="pt")
