@@ -84,24 +84,29 @@ class Qwen2VLVisionEncoder(nn.Module):
 
     def attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   allowed: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+        n = x.shape[1]
         qkv = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3)   # (3, N, H, hd)
         q, k, v = qkv.unbind(0)                                              # (N, H, hd) each
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
         q, k, v = (a.transpose(0, 1)[None] for a in (q, k, v))               # (1, H, N, hd) each
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)
-        return attn.proj(out[0].transpose(0, 1).reshape(n, -1))              # (N, Dv)
+        return attn.proj(out.transpose(1, 2).reshape(1, n, -1))              # (1, N, Dv)
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        # The hidden states carry a leading axis of 1: a Linear on 3-D input is traced as
+        # MatMul + Add (on 2-D it becomes Gemm, which int8 MatMulNBits quantization skips).
         visual = self.visual
         rows_cols, segment = patch_layout(image_grid_thw, pixel_values.shape[0], self.merge_size)
         allowed = segment[:, None] == segment[None, :]                       # (N, N) bool
         hidden = visual.patch_embed(pixel_values)                            # (N, Dv)
         cos, sin = visual.rotary_pos_emb(hidden, rows_cols)                  # (N, hd) each
+        hidden = hidden[None]                                                # (1, N, Dv)
         for blk in visual.blocks:
             hidden = hidden + self.attention(blk.attn, blk.norm1(hidden), cos, sin, allowed)
-            hidden = hidden + blk.mlp(blk.norm2(hidden))                     # (N, Dv)
-        return visual.merger(hidden)                                         # (N/m², D)
+            hidden = hidden + blk.mlp(blk.norm2(hidden))                     # (1, N, Dv)
+        merger = visual.merger
+        merged = merger.ln_q(hidden).reshape(1, -1, merger.hidden_size)      # (1, N/m², Dv·m²)
+        return merger.mlp(merged)[0]                                         # (N/m², D)
 
 
 class Qwen2VLDecoder(Decoder):

@@ -17,7 +17,7 @@ from tiny_onnx import build_bundle
 def test_every_layer_registers_the_same_families():
     train_families = pytest.importorskip("train.families")
     export_families = pytest.importorskip("export.families")
-    assert families.names() == ("idefics3",)
+    assert families.names() == ("idefics3", "qwen2_vl")
     assert set(train_families.names()) == set(export_families.names()) == set(families.names())
     for name in families.names():
         assert train_families.family_by_name(name).name == name
