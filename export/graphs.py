@@ -35,9 +35,23 @@ OPSET = 18
 # onnxruntime >= 1.22 (the runtime's floor) loads IR 10; onnx 1.23 alone would write IR 14.
 MAX_IR_VERSION = 10
 
-def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
+def graph_io(shape: DecoderShape, *, vision_grid: bool = False, position_axes: int = 1
+             ) -> dict[str, GraphIO]:
     """Names and dynamic axes of every graph's inputs and outputs (mmkp_edge.graph_io, the one copy)."""
-    return io_names.graph_io(shape.num_layers)
+    return io_names.graph_io(shape.num_layers, vision_grid=vision_grid, position_axes=position_axes)
+
+
+def parts_io(parts: GraphModules) -> dict[str, GraphIO]:
+    """`graph_io` with the layout options the family's wrappers declare."""
+    return graph_io(parts.shape, vision_grid=parts.vision_grid, position_axes=parts.position_axes)
+
+
+def axis_positions(positions: torch.Tensor, axes: int) -> torch.Tensor:
+    """(B, T) positions → (axes, B, T) for an M-RoPE decoder (axis a offset by a, so the axes
+    differ and a mix-up of M-RoPE sections shows), or unchanged for a 1-D one."""
+    if axes == 1:
+        return positions
+    return torch.stack([positions + a for a in range(axes)])                 # (A, B, T)
 
 
 def example_inputs(parts: GraphModules, batch: int = 2, seq: int = 5,
@@ -54,7 +68,7 @@ def example_inputs(parts: GraphModules, batch: int = 2, seq: int = 5,
         VISION: parts.vision_encoder.example(images, gen),                  # the family's frames
         EMBED: (torch.randint(0, s.vocab_size, (batch, seq), generator=gen),),
         DECODER: (torch.randn(batch, seq, s.hidden_size, generator=gen), mask,
-                                 positions, *kv),
+                  axis_positions(positions, parts.position_axes), *kv),
     }
 
 
@@ -113,6 +127,10 @@ def export_graph(name: str, module: torch.nn.Module, args: tuple[torch.Tensor, .
     """Trace one wrapper into `out_dir/<name>.onnx` (+ `.onnx.data`)."""
     path = out_dir / f"{name}.onnx"
     varargs = 3 if name == DECODER else None
+    # a wrapper may state its own dynamic shapes (relations between axes torch.export must know,
+    # e.g. Qwen2-VL's patches = merge² × image tokens)
+    own = getattr(module, "dynamic_shapes", None)
+    shapes = own() if own else _dynamic_shapes(spec, len(args), varargs)
     start = time.perf_counter()
     # The exporter prints its own progress to stdout and warns about torchvision; ours goes to
     # stderr, one line per graph, and stdout stays clean for --json.
@@ -121,7 +139,7 @@ def export_graph(name: str, module: torch.nn.Module, args: tuple[torch.Tensor, .
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
                           input_names=list(spec.inputs), output_names=list(spec.outputs),
-                          dynamic_shapes=_dynamic_shapes(spec, len(args), varargs),
+                          dynamic_shapes=shapes,
                           external_data=True, optimize=True, verbose=False)
     _finish(path, spec)
     return ExportedGraph(name, path, time.perf_counter() - start)
@@ -153,7 +171,7 @@ def export_all(parts: GraphModules, out_dir: Path, opset: int = OPSET,
     from .fused_decoder import write_decoder
 
     kind = decoder_kind(parts, decoder)
-    ios = graph_io(parts.shape)
+    ios = parts_io(parts)
     examples = example_inputs(parts)
     done: dict[str, ExportedGraph] = {}
     for i, name in enumerate(ios, 1):

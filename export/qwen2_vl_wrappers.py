@@ -1,4 +1,4 @@
-"""Torch modules with flat I/O for Qwen2-VL's graphs, and their ONNX export.
+"""Torch modules with flat I/O for Qwen2-VL's graphs (export/families/qwen2_vl.py builds them).
 
 Qwen2-VL's vision tower cannot be traced as Hugging Face runs it: its rotary position ids and its
 per-image attention segments are built from `image_grid_thw` with Python loops over `.tolist()`,
@@ -12,7 +12,9 @@ qkv/proj and MLPs, merger), so one graph takes any number of images of any sizes
         → image_features (N_patches / merge², hidden)
 
 `Qwen2VLDecoder` is export.wrappers.Decoder with 3-axis M-RoPE position ids (3, B, T), which the
-runtime computes (mmkp_edge.families.qwen2_vl); the text model takes them as given.
+runtime computes (mmkp_edge.families.qwen2_vl); the text model takes them as given. The graphs'
+names and axes are mmkp_edge.graph_io's with `vision_grid=True, position_axes=3`; export.graphs
+traces them like every family's (the vision wrapper states its own dynamic shapes).
 
 The vision mask is dense (N_patches², a few MB at Qwen2-VL's usual ≤ 1 280 tokens an image =
 5 120 patches → 26 M booleans); a segment-wise attention (one graph call per image) is the
@@ -21,23 +23,14 @@ alternative if that ever matters.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import time
-import warnings
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
-from mmkp_edge.graphs import past_names, present_names
+from mmkp_edge.graph_io import IMAGE_TOKENS, IMAGES
 
-from .graphs import BATCH, OPSET, PAST, SEQ, TOTAL, ExportedGraph, GraphIO, _finish, quiet_loggers
-from .wrappers import Decoder, DecoderShape, EmbedTokens, decoder_shape
-
-PATCHES, IMAGES, IMAGE_TOKENS = "num_patches", "num_images", "num_image_tokens"
+from .wrappers import Decoder, EmbedTokens, GraphModules, decoder_shape
 
 
 def patch_layout(grid_thw: torch.Tensor, num_patches: int, merge_size: int
@@ -72,90 +65,64 @@ class Qwen2VLVisionEncoder(nn.Module):
         super().__init__()
         self.visual = visual
         self.merge_size = int(visual.spatial_merge_size)
+        embed = visual.patch_embed
+        self.patch_dim = embed.in_channels * embed.temporal_patch_size * embed.patch_size ** 2
+
+    def example(self, images: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random patches of `images` images of different grids (every grid side ≥ 2 merge
+        blocks, so no axis is traced as a constant): (P, C·t·p·p) and (images, 3)."""
+        m = self.merge_size
+        grid = torch.tensor([[1, m * (i + 2), m * (i + 3)] for i in range(images)])   # (I, 3)
+        patches = int(grid.prod(-1).sum())
+        return torch.randn(patches, self.patch_dim, generator=generator), grid
+
+    def dynamic_shapes(self) -> tuple[dict, dict]:
+        """torch.export shapes: patches = merge² × image tokens (the merger's reshape needs that
+        relation stated), any number of images."""
+        tokens = torch.export.Dim(IMAGE_TOKENS)
+        return ({0: self.merge_size ** 2 * tokens}, {0: torch.export.Dim(IMAGES)})
 
     def attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   allowed: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+        n = x.shape[1]
         qkv = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3)   # (3, N, H, hd)
         q, k, v = qkv.unbind(0)                                              # (N, H, hd) each
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
         q, k, v = (a.transpose(0, 1)[None] for a in (q, k, v))               # (1, H, N, hd) each
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)
-        return attn.proj(out[0].transpose(0, 1).reshape(n, -1))              # (N, Dv)
+        return attn.proj(out.transpose(1, 2).reshape(1, n, -1))              # (1, N, Dv)
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        # The hidden states carry a leading axis of 1: a Linear on 3-D input is traced as
+        # MatMul + Add (on 2-D it becomes Gemm, which int8 MatMulNBits quantization skips).
         visual = self.visual
         rows_cols, segment = patch_layout(image_grid_thw, pixel_values.shape[0], self.merge_size)
         allowed = segment[:, None] == segment[None, :]                       # (N, N) bool
         hidden = visual.patch_embed(pixel_values)                            # (N, Dv)
         cos, sin = visual.rotary_pos_emb(hidden, rows_cols)                  # (N, hd) each
+        hidden = hidden[None]                                                # (1, N, Dv)
         for blk in visual.blocks:
             hidden = hidden + self.attention(blk.attn, blk.norm1(hidden), cos, sin, allowed)
-            hidden = hidden + blk.mlp(blk.norm2(hidden))                     # (N, Dv)
-        return visual.merger(hidden)                                         # (N/m², D)
+            hidden = hidden + blk.mlp(blk.norm2(hidden))                     # (1, N, Dv)
+        merger = visual.merger
+        merged = merger.ln_q(hidden).reshape(1, -1, merger.hidden_size)      # (1, N/m², Dv·m²)
+        return merger.mlp(merged)[0]                                         # (N/m², D)
 
 
 class Qwen2VLDecoder(Decoder):
     """export.wrappers.Decoder, fed M-RoPE position_ids (3, B, T) instead of (B, T)."""
 
 
-def graph_modules(model) -> tuple[Qwen2VLVisionEncoder, EmbedTokens, Qwen2VLDecoder, DecoderShape]:
-    """The three wrappers of a merged Qwen2VLForConditionalGeneration."""
+def graph_modules(model) -> GraphModules:
+    """The three wrappers of a merged Qwen2VLForConditionalGeneration, with the graph layout
+    options (patches + grids in, 3-axis positions)."""
     if model.config.model_type != "qwen2_vl":
         raise ValueError(f"expected a qwen2_vl model, got {model.config.model_type!r}")
     shape = decoder_shape(model)
     inner = model.model
-    return (Qwen2VLVisionEncoder(inner.visual).eval(),
-            EmbedTokens(inner.language_model.get_input_embeddings()).eval(),
-            Qwen2VLDecoder(inner.language_model, model.lm_head, shape.num_layers).eval(), shape)
-
-
-def graph_io(shape: DecoderShape) -> dict[str, GraphIO]:
-    """Names and dynamic axes (transformers.js names; the vision graph takes the grid too)."""
-    past, present = past_names(shape.num_layers), present_names(shape.num_layers)
-    decoder_axes = {"inputs_embeds": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
-                    "position_ids": {1: BATCH, 2: SEQ}, "logits": {0: BATCH}}
-    decoder_axes.update({n: {0: BATCH, 2: PAST} for n in past})
-    decoder_axes.update({n: {0: BATCH, 2: TOTAL} for n in present})
-    return {
-        "vision_encoder": GraphIO(("pixel_values", "image_grid_thw"), ("image_features",),
-                                  {"pixel_values": {0: PATCHES}, "image_grid_thw": {0: IMAGES},
-                                   "image_features": {0: IMAGE_TOKENS}}),
-        "embed_tokens": GraphIO(("input_ids",), ("inputs_embeds",),
-                                {"input_ids": {0: BATCH, 1: SEQ}, "inputs_embeds": {0: BATCH, 1: SEQ}}),
-        "decoder_model_merged": GraphIO(("inputs_embeds", "attention_mask", "position_ids", *past),
-                                        ("logits", *present), decoder_axes),
-    }
-
-
-def _dynamic_shapes(name: str, spec: GraphIO, merge_size: int):
-    if name == "vision_encoder":
-        tokens = torch.export.Dim(IMAGE_TOKENS)
-        # patches = merge² × tokens: the merger's reshape needs that relation stated
-        return ({0: merge_size * merge_size * tokens}, {0: torch.export.Dim(IMAGES)})
-    dims: dict[str, torch.export.Dim] = {}
-
-    def axes(tensor: str) -> dict:
-        return {a: dims.setdefault(n, torch.export.Dim(n)) for a, n in spec.axes.get(tensor, {}).items()}
-
-    fixed = [axes(n) for n in spec.inputs[:3]]
-    if name == "embed_tokens":
-        return tuple(fixed[:1])
-    return (*fixed, tuple(axes(n) for n in spec.inputs[3:]))
-
-
-def export_graph(name: str, module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphIO,
-                 out_dir: Path, merge_size: int, opset: int = OPSET) -> ExportedGraph:
-    """`torch.onnx.export(dynamo=True)` of one wrapper into `out_dir/<name>.onnx` (+ .onnx.data),
-    as export.graphs does it: opset 18, external data, IR lowered, dynamic axes named."""
-    path = Path(out_dir) / f"{name}.onnx"
-    start = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
-                          input_names=list(spec.inputs), output_names=list(spec.outputs),
-                          dynamic_shapes=_dynamic_shapes(name, spec, merge_size),
-                          external_data=True, optimize=True, verbose=False)
-    _finish(path, spec)
-    return ExportedGraph(name, path, time.perf_counter() - start)
+    return GraphModules(
+        vision_encoder=Qwen2VLVisionEncoder(inner.visual).eval(),
+        embed_tokens=EmbedTokens(inner.language_model.get_input_embeddings()).eval(),
+        decoder_model_merged=Qwen2VLDecoder(inner.language_model, model.lm_head,
+                                            shape.num_layers).eval(),
+        shape=shape, vision_grid=True, position_axes=3)

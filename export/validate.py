@@ -34,7 +34,7 @@ from mmkp_edge.manifest import Manifest
 from mmkp_edge.phrases import stem_key
 from mmkp_edge.posts import Post
 
-from .graphs import graph_io
+from .graphs import axis_positions, parts_io
 from .wrappers import GraphModules
 
 PROBE_TEXTS = (
@@ -126,11 +126,11 @@ def check_logits(parts: GraphModules, bundle: Path, rtol: float,
     """Max |ORT − torch| per graph output group on fresh random inputs, against rtol × the
     group's max |torch value|."""
     s = parts.shape
-    ios = graph_io(s)
+    ios = parts_io(parts)
     gen = torch.Generator().manual_seed(seed)
     out, scale = {}, {}
     with torch.no_grad():
-        pixels = parts.vision_encoder.example(3, gen)                         # e.g. (N, 3, S, S)
+        pixels = parts.vision_encoder.example(3, gen)   # e.g. (N, 3, S, S) | patches + grids
         got = _session(bundle / GRAPH_FILES[VISION]).run(
             None, dict(zip(ios[VISION].inputs, (p.numpy() for p in pixels))))
         ref = parts.vision_encoder(*pixels)
@@ -145,6 +145,7 @@ def check_logits(parts: GraphModules, bundle: Path, rtol: float,
             mask = torch.ones(batch, past + seq, dtype=torch.long)            # (B, P+T)
             mask[0, :3] = 0                                                   # left padding
             pos = torch.where(mask == 0, 1, mask.cumsum(-1) - 1)[:, -seq:]   # (B, T)
+            pos = axis_positions(pos, parts.position_axes)                    # (B, T) | (A, B, T)
             embeds = torch.randn(batch, seq, s.hidden_size, generator=gen)    # (B, T, D)
             cache = [torch.randn(batch, s.num_kv_heads, past, s.head_dim, generator=gen)
                      for _ in range(2 * s.num_layers)]                        # (B, kv, P, hd)

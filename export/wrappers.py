@@ -9,7 +9,8 @@ a graph is only ever compared against the very module it was traced from.
   (export/families/<family>.py: Idefics3's runs SigLIP + connector on whole square tiles), with
   `example(images, generator)` giving random inputs of the shape the runtime feeds.
 - `EmbedTokens`: input_ids (B, T) → inputs_embeds (B, T, hidden).
-- `Decoder`: inputs_embeds, attention_mask (B, past+T), position_ids (B, T), flat past K/V
+- `Decoder`: inputs_embeds, attention_mask (B, past+T), position_ids (B, T) (or (3, B, T) for an
+  M-RoPE text model, which takes them as given), flat past K/V
   (B, kv, past, hd) × 2·layers → last-token logits (B, vocab) and the updated K/V. A
   `DynamicCache` is built inside `forward` from the flat tensors, so the graph has no Python object
   inputs and one graph serves both prefill (past = 0) and decoding (T = 1).
@@ -86,3 +87,6 @@ class GraphModules:
     embed_tokens: EmbedTokens
     decoder_model_merged: Decoder
     shape: DecoderShape
+    vision_grid: bool = False            # the vision graph takes patches + image_grid_thw
+                                         # (mmkp_edge.graph_io's options; Qwen2-VL)
+    position_axes: int = 1               # position_ids (B, T), or (A, B, T) for M-RoPE (A = 3)

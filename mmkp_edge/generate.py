@@ -208,9 +208,10 @@ class Generator:
         """Token embeddings with vision features in the image-token rows."""
         embeds = self.graphs.embed(ids)                                       # (B, L, D)
         pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
+        grids = [g for r in requests if r.pixel_values is not None for g in r.grids]
         if pixels:
             t0 = time.perf_counter()
-            feats = self.graphs.vision(np.concatenate(pixels))                # (N, tok, D)
+            feats = self.graphs.vision(np.concatenate(pixels), grids)         # (N, tok, D)
             self.times.vision_s += time.perf_counter() - t0
             feats = feats.reshape(-1, embeds.shape[-1])                       # (N*tok, D)
             slots = ids == self.image_token_id                                # (B, L)

@@ -24,8 +24,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError
-from .graph_io import (ATTENTION_MASK, DECODER, EMBED, INPUT_IDS, INPUTS_EMBEDS, LOGITS, PIXEL_VALUES,
-                       POSITION_IDS, VISION, past_names, present_names)
+from .graph_io import (ATTENTION_MASK, DECODER, EMBED, IMAGE_GRID_THW, INPUT_IDS, INPUTS_EMBEDS, LOGITS,
+                       PIXEL_VALUES, POSITION_IDS, VISION, past_names, present_names)
 from .manifest import ModelInfo
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -129,6 +129,8 @@ class Graphs:
         types = {i.name: i.type for i in decoder.get_inputs()}
         self.float_dtype = _NP_TYPES.get(types[INPUTS_EMBEDS], np.float32)
         self.pixel_dtype = _NP_TYPES.get(vision.get_inputs()[0].type, np.float32)
+        # a vision graph of images of any size also takes their patch grids (graph_io vision_grid)
+        self.vision_takes_grid = IMAGE_GRID_THW in {i.name for i in vision.get_inputs()}
         # Where IO binding keeps the KV cache: "cuda" on the CUDA EP, None = plain numpy run().
         # (Tests set "cpu" to drive the binding path without a GPU.)
         self.bound_device: str | None = ("cuda" if decoder.get_providers()[0] == "CUDAExecutionProvider"
@@ -150,11 +152,13 @@ class Graphs:
 
     # ------------------------------------------------------------ vision / embeddings
 
-    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) → image features (N, tokens_per_image, hidden)."""
-        out = self.sessions[VISION].run(
-            None, {PIXEL_VALUES: pixel_values.astype(self.pixel_dtype, copy=False)})[0]
-        return out                                                            # (N, tok, D)
+    def vision(self, pixel_values: np.ndarray, grids=()) -> np.ndarray:
+        """(N, 3, S, S) → image features (N, tokens_per_image, hidden); a grid-taking graph:
+        patches (P, C·t·p·p) and each image's grid (`grids`, in order) → (tokens, hidden)."""
+        feeds = {PIXEL_VALUES: pixel_values.astype(self.pixel_dtype, copy=False)}
+        if self.vision_takes_grid:
+            feeds[IMAGE_GRID_THW] = np.asarray(grids, dtype=np.int64).reshape(-1, 3)  # (I, 3)
+        return self.sessions[VISION].run(None, feeds)[0]                     # (N, tok, D)
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """(B, T) int64 → (B, T, hidden)."""

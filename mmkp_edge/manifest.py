@@ -42,6 +42,13 @@ special token ids and the graph shapes. A field added here is a field export mus
                     {row}/{col}) then row_separator; then global_prefix + token_string. This is
                     Idefics3Processor's expansion; the vision graph gets the R·C tiles (row-major)
                     then the global view, each max_image_size square.
+                    A "qwen2_vl" bundle fills the same section from Qwen2VLImageProcessor: its own
+                    keys patch_size, merge_size, temporal_patch_size, min_pixels, max_pixels
+                    (optional, 0 = not used; mmkp_edge.families.qwen2_vl.Qwen2VLImageSettings),
+                    resample 3 (BICUBIC), CLIP mean/std, image_token "<|image_pad|>",
+                    token_string "<|vision_start|>{image_tokens}<|vision_end|>", tokens_per_image =
+                    the most tokens one image can take (each image takes grid_h·grid_w/merge², by
+                    its size), size_longest_edge / max_image_size 0 (no square frames).
     model           {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576,
                      "vocab_size": 49280, "max_context": 8192, "decoder": "fused"}
                     `decoder` is optional (default "traced"): informational, the I/O is the same.
@@ -63,9 +70,12 @@ Graph I/O (transformers.js names, written once in mmkp_edge/graph_io.py; dynamic
     vision_encoder        pixel_values (N, 3, S, S) float → image_features (N, tokens_per_image, hidden)
                           (S = max_image_size; every frame is a full square, so the export wrapper
                           builds Idefics3's all-ones patch mask / position ids inside the graph)
+                          qwen2_vl: pixel_values (num_patches, C·t·p·p) + image_grid_thw (I, 3)
+                          int64 → image_features (num_image_tokens, hidden) (graph_io vision_grid)
     embed_tokens          input_ids (B, T) int64 → inputs_embeds (B, T, hidden)
     decoder_model_merged  inputs_embeds (B, T, hidden), attention_mask (B, past+T) int64,
-                          position_ids (B, T) int64, past_key_values.{i}.key|value (B, kv, past, hd)
+                          position_ids (B, T) int64 (qwen2_vl: (3, B, T), M-RoPE),
+                          past_key_values.{i}.key|value (B, kv, past, hd)
                           → logits (B, vocab) for the LAST position only ((B, 1, vocab) is accepted),
                             present.{i}.key|value (B, kv, past+T, hd)
 """
@@ -142,6 +152,13 @@ class ImageInfo:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     do_image_splitting: bool = False
+    # Qwen2-VL (family "qwen2_vl"); 0 = not used (Idefics3 bundles, and every bundle written
+    # before these keys existed, load unchanged)
+    patch_size: int = 0              # ViT patch side (px)
+    merge_size: int = 0              # merge² patches → one LM token
+    temporal_patch_size: int = 0     # frames per patch (an image repeats its frame)
+    min_pixels: int = 0              # resized H·W budget, lower bound
+    max_pixels: int = 0              # resized H·W budget, upper bound
 
 
 @dataclass(frozen=True)

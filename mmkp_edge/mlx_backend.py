@@ -148,7 +148,7 @@ class MlxGraphs:
 
     # ------------------------------------------------------------ vision / embeddings
 
-    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+    def vision(self, pixel_values: np.ndarray, grids=()) -> np.ndarray:
         """(N, 3, S, S) → image features (N, tokens_per_image, hidden). Every frame is a full square
         tile, so the patch mask is all ones (mlx-vlm's default positions)."""
         mx = self.mx

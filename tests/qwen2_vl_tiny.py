@@ -6,8 +6,11 @@ Qwen2VLForConditionalGeneration at 2 text layers × 64 wide and a 1-block 32-wid
 saved with save_pretrained and loaded back, so tests see exactly what a checkpoint folder gives.
 
 transformers 5.24's Qwen2VLProcessor takes a video processor, whose classes need torchvision
-(absent beside the CPU torch build); `ImageOnlyQwen2VLProcessor` drops that one argument and keeps
-every image and text code path of the real class.
+(absent beside the CPU torch build); the family's `image_only_processor_class`
+(train.families.qwen2_vl) drops that one argument and keeps every image and text code path of the
+real class. (train/tiny.py's `init_tiny(..., family="qwen2_vl")` is the student-shaped tiny model
+the stage and bundle tests use; this one keeps its own small tokenizer and template for the
+numeric checks against HF.)
 """
 
 from __future__ import annotations
@@ -37,13 +40,9 @@ IMAGE = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8
 
 
 def image_only_processor_class():
-    from transformers import Qwen2VLProcessor
+    from train.families.qwen2_vl import image_only_processor_class as family_class
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    return ImageOnlyQwen2VLProcessor
+    return family_class()
 
 
 def build_tokenizer():

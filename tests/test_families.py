@@ -17,7 +17,7 @@ from tiny_onnx import build_bundle
 def test_every_layer_registers_the_same_families():
     train_families = pytest.importorskip("train.families")
     export_families = pytest.importorskip("export.families")
-    assert families.names() == ("idefics3",)
+    assert families.names() == ("idefics3", "qwen2_vl")
     assert set(train_families.names()) == set(export_families.names()) == set(families.names())
     for name in families.names():
         assert train_families.family_by_name(name).name == name
@@ -137,3 +137,22 @@ def test_idefics3_positions_are_the_mask_rule(tmp_path):
     assert pos.tolist() == positions_from_mask(mask).tolist() and deltas.tolist() == [0, 0]
     mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
     assert fam.step_positions(mask, deltas).tolist() == [[2], [3]]
+
+
+def test_manifests_without_the_qwen2_vl_image_keys_still_load(tmp_path):
+    import json
+
+    from mmkp_edge.errors import InputError
+    from mmkp_edge.manifest import Manifest
+
+    root = build_bundle(tmp_path)
+    path = root / "manifest.json"
+    data = json.loads(path.read_text())
+    for key in ("patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels"):
+        assert data["image"].pop(key) == 0                       # written as "not used"
+    path.write_text(json.dumps(data))
+    assert Manifest.load(root).image.merge_size == 0             # an older bundle loads unchanged
+    data["family"] = "qwen2_vl"                                  # qwen2_vl needs its settings
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="qwen2_vl image settings"):
+        Manifest.load(root)

@@ -22,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from export import qwen2_vl_wrappers as W  # noqa: E402
+from export.graphs import export_graph, parts_io  # noqa: E402
 from qwen2_vl_tiny import (IMG, load_tiny_qwen2_vl, random_image,  # noqa: E402
                            save_tiny_qwen2_vl, settings_of)
 
@@ -41,8 +42,10 @@ def _atol(values, config) -> float:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model, processor = load_tiny_qwen2_vl(save_tiny_qwen2_vl(tmp_path_factory.mktemp("ck")))
-    vision, embed, decoder, shape = W.graph_modules(model)
-    ios = W.graph_io(shape)
+    parts = W.graph_modules(model)
+    vision, embed, decoder, shape = (parts.vision_encoder, parts.embed_tokens,
+                                     parts.decoder_model_merged, parts.shape)
+    ios = parts_io(parts)
     out = tmp_path_factory.mktemp("onnx")
     rng = np.random.default_rng(0)
     ex = processor.image_processor([random_image(rng, 30, 50), random_image(rng, 20, 20)],
@@ -60,10 +63,9 @@ def exported(tmp_path_factory):
             *[torch.randn(b, shape.num_kv_heads, p, shape.head_dim, generator=gen)
               for _ in range(2 * shape.num_layers)])),
     }
-    merge = model.config.vision_config.spatial_merge_size
     sessions = {}
     for name, (module, args) in examples.items():
-        graph = W.export_graph(name, module, args, ios[name], out, merge)
+        graph = export_graph(name, module, args, ios[name], out)
         sessions[name] = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
     return model, processor, (vision, embed, decoder, shape), sessions
 

@@ -80,18 +80,18 @@ def test_bundle_that_failed_export_validation_is_refused_unless_unverified(bundl
 
 
 def test_unknown_family_is_refused_at_load_and_cannot_be_written(bundle, capsys):
-    rewrite_manifest(bundle, family="qwen2_vl")
-    message = _refused(bundle, "family", "'qwen2_vl'", *RUNTIME_FAMILIES)
-    assert message.count("qwen2_vl") == 1
+    rewrite_manifest(bundle, family="llava_next")
+    message = _refused(bundle, "family", "'llava_next'", *RUNTIME_FAMILIES)
+    assert message.count("llava_next") == 1
     with pytest.raises(InputError, match="family"):
         Bundle.load(bundle, verify=False)                # not a check --no-verify can skip
     with pytest.raises(SystemExit) as info:
         main(["--bundle", str(bundle), "--no-image", "hello"])
     err = capsys.readouterr().err.strip()
-    assert info.value.code == 2 and "qwen2_vl" in err and "\n" not in err
+    assert info.value.code == 2 and "llava_next" in err and "\n" not in err
     manifest = Manifest.load(build_bundle(bundle.parent / "fresh"))
     with pytest.raises(InputError, match="family"):      # export's save() validates the same way
-        dataclasses.replace(manifest, family="qwen2_vl").save(bundle.parent / "fresh")
+        dataclasses.replace(manifest, family="llava_next").save(bundle.parent / "fresh")
     assert Manifest.load(bundle.parent / "fresh").family in RUNTIME_FAMILIES
 
 

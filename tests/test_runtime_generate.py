@@ -123,7 +123,8 @@ def test_stop_and_length(predictor):
 def test_text_only_posts_skip_the_vision_graph(predictor, monkeypatch):
     calls = []
     real = predictor.bundle.graphs.vision
-    monkeypatch.setattr(predictor.bundle.graphs, "vision", lambda px: calls.append(px.shape) or real(px))
+    monkeypatch.setattr(predictor.bundle.graphs, "vision",
+                        lambda px, grids=(): calls.append(px.shape) or real(px, grids))
     preds = predictor.predict([q for q in POSTS if q.image is None])
     assert calls == [] and all(p.timings["vision_s"] == 0.0 for p in preds)
     predictor.predict(POSTS[:1])

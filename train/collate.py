@@ -3,9 +3,16 @@
 Each post is run through the processor on its own (prompt text + at most one image), and the target
 is tokenized separately and appended. That keeps the prompt/target boundary exact whatever the
 tokenizer would merge across it, so labels cover precisely the target tokens plus the end-of-turn
-token, and every prompt token, image token and pad is -100. Images are padded per batch the way the
-Idefics3 processor pads them (all-zero tiles, which the model skips), so text-only and image posts
-mix freely in one batch.
+token, and every prompt token, image token and pad is -100. Text-only and image posts mix freely in
+one batch; the processor's per-post image tensors are batched in one of the two layouts HF VLM
+processors use, told apart by the keys they return:
+- fixed-size tiles with a patch mask (Idefics3: `pixel_values` (n, 3, H, W) +
+  `pixel_attention_mask`): padded per batch to (B, N, 3, H, W) with all-zero tiles, which the model
+  skips;
+- flat patches with a grid per image (Qwen2-VL: `pixel_values` (patches, C·t·p·p) +
+  `image_grid_thw` (images, 3)): concatenated over the batch's images in row order (the model
+  splits them by the grids), and the per-token `mm_token_type_ids` (1 = image) padded with 0 —
+  the model needs them to place M-RoPE positions whenever images are given.
 
 With `max_prompt_tokens` (callers pass `train.student.prompt_budget(model, max_new_tokens)`), a post
 whose prompt before the think prime is longer is cut by mmkp_edge.truncation.fit — the runtime's
@@ -30,13 +37,23 @@ from .student import ImageStats, Rendered, chat_prompt, render
 IGNORE = -100   # label value the loss ignores
 
 
+TILE_MASK, GRID, TOKEN_TYPES = "pixel_attention_mask", "image_grid_thw", "mm_token_type_ids"
+
+
 @dataclass(frozen=True)
 class Encoded:
     input_ids: list[int]                 # prompt + prime ids, then target ids (+ eos) when training
     n_prompt: int                        # how many leading ids are prompt + prime (never trained)
-    pixel_values: torch.Tensor | None    # (n_tiles, 3, H, W) or None for a text-only post
-    pixel_mask: torch.Tensor | None      # (n_tiles, H, W)
+    images: dict[str, torch.Tensor] | None   # the processor's image tensors for this post (module
+                                         # docstring), e.g. pixel_values (n_tiles, 3, H, W) and
+                                         # pixel_attention_mask (n_tiles, H, W); None = text only
+    token_types: list[int] | None = None  # mm_token_type_ids of the prompt ids, when the
+                                         # processor gives them (targets and pads are text: 0)
     truncated: bool = False              # the post's text / OCR was cut to fit (encode_post)
+
+    @property
+    def pixel_values(self) -> torch.Tensor | None:
+        return None if self.images is None else self.images["pixel_values"]
 
 
 def _leading_tag(text: str) -> tuple[str, str]:
@@ -49,19 +66,25 @@ def _leading_tag(text: str) -> tuple[str, str]:
 
 def encode(processor, item: Rendered) -> Encoded:
     """One rendered post → ids: prompt, prime, then (training) target + eos; see `Rendered`."""
+    images = None
     if item.image is not None:
         out = processor(text=[item.prompt], images=[[item.image]], return_tensors="pt")
-        pixels, mask = out["pixel_values"][0], out["pixel_attention_mask"][0]  # (n, 3, H, W), (n, H, W)
+        if TILE_MASK in out:                             # (1, n, 3, H, W), (1, n, H, W)
+            images = {"pixel_values": out["pixel_values"][0], TILE_MASK: out[TILE_MASK][0]}
+        else:                                            # (patches, C·t·p·p), (1, 3)
+            images = {"pixel_values": out["pixel_values"], GRID: out[GRID]}
     else:
         out = processor(text=[item.prompt], return_tensors="pt")
-        pixels = mask = None
     tok = processor.tokenizer
     ids = out["input_ids"][0].tolist() + _ids_of(tok, item.prime)
     n_prompt = len(ids)
+    types = out[TOKEN_TYPES][0].tolist() if TOKEN_TYPES in out else None
+    if types is not None:
+        types += [0] * (n_prompt - len(types))           # the prime is text
     if item.target is not None:
         tag, rest = _leading_tag(item.target) if not item.prime else ("", item.target)
         ids += _ids_of(tok, tag) + _ids_of(tok, rest) + [tok.eos_token_id]
-    return Encoded(ids, n_prompt, pixels, mask)
+    return Encoded(ids, n_prompt, images, types)
 
 
 def _ids_of(tok, text: str) -> list[int]:
@@ -93,23 +116,31 @@ def encode_post(processor, post: Post, think: str = "auto", target: str | None =
     return dataclasses.replace(encode(processor, cut), truncated=True)
 
 
-def _pad_images(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-    """Stack per-post tiles into (B, N, 3, H, W) with zero tiles for padding (and text-only posts)."""
-    real = [e for e in items if e.pixel_values is not None]
+def _batch_images(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """The batch's image tensors in the processor's layout (module docstring)."""
+    real = [e for e in items if e.images is not None]
     if not real:
         return {}
+    if GRID in real[0].images:                          # flat patches + grids: concatenate
+        return {"pixel_values": torch.cat([e.images["pixel_values"] for e in real]),  # (P, C·t·p·p)
+                GRID: torch.cat([e.images[GRID] for e in real])}                       # (I, 3)
+    return _pad_tiles(real, items)
+
+
+def _pad_tiles(real: Sequence[Encoded], items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """Stack per-post tiles into (B, N, 3, H, W) with zero tiles for padding (and text-only posts)."""
     n = max(e.pixel_values.shape[0] for e in real)
     h = max(e.pixel_values.shape[-2] for e in real)
     w = max(e.pixel_values.shape[-1] for e in real)
     c, dtype = real[0].pixel_values.shape[1], real[0].pixel_values.dtype
     pixels = torch.zeros(len(items), n, c, h, w, dtype=dtype)                 # (B, N, 3, H, W)
-    mask = torch.zeros(len(items), n, h, w, dtype=real[0].pixel_mask.dtype)   # (B, N, H, W)
+    mask = torch.zeros(len(items), n, h, w, dtype=real[0].images[TILE_MASK].dtype)  # (B, N, H, W)
     for b, e in enumerate(items):
         if e.pixel_values is not None:
             k, _, eh, ew = e.pixel_values.shape
             pixels[b, :k, :, :eh, :ew] = e.pixel_values
-            mask[b, :k, :eh, :ew] = e.pixel_mask
-    return {"pixel_values": pixels, "pixel_attention_mask": mask}
+            mask[b, :k, :eh, :ew] = e.images[TILE_MASK]
+    return {"pixel_values": pixels, TILE_MASK: mask}
 
 
 def pad_batch(items: Sequence[Encoded], pad_id: int, side: str, labels: bool) -> dict[str, torch.Tensor]:
@@ -120,13 +151,18 @@ def pad_batch(items: Sequence[Encoded], pad_id: int, side: str, labels: bool) ->
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)           # (B, T)
     attn = torch.zeros((len(items), width), dtype=torch.long)                 # (B, T)
     lab = torch.full((len(items), width), IGNORE, dtype=torch.long)           # (B, T)
+    types = torch.zeros((len(items), width), dtype=torch.long)                # (B, T)
     for b, e in enumerate(items):
         n = len(e.input_ids)
         start = width - n if side == "left" else 0
         ids[b, start:start + n] = torch.tensor(e.input_ids)
         attn[b, start:start + n] = 1
         lab[b, start + e.n_prompt:start + n] = torch.tensor(e.input_ids[e.n_prompt:], dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": attn, **_pad_images(items)}
+        if e.token_types:
+            types[b, start:start + len(e.token_types)] = torch.tensor(e.token_types)
+    batch = {"input_ids": ids, "attention_mask": attn, **_batch_images(items)}
+    if any(e.token_types is not None for e in items):
+        batch[TOKEN_TYPES] = types
     if labels:
         batch["labels"] = lab
     return batch

@@ -10,6 +10,12 @@ SmolVLM-256M-Instruct. Three choices make it useful rather than merely loadable:
   image prompt is Idefics3's (`<fake_token_around_image><global-img><image>×N<fake_token_around_image>`);
 - weights are drawn from N(0, std) with std ≈ 0.15 (not the usual 0.02): with small weights greedy
   decoding collapses to one repeated token and every parity test would pass trivially.
+
+`init_tiny(..., family="qwen2_vl")` builds the second family's counterpart the same way: the same
+BPE corpus with Qwen2-VL's special tokens and ChatML template (train.families.qwen2_vl), the PIL
+image processor at a small patch size (`patch_size`, merged `scale_factor`², at most
+`image_size`² pixels an image, so the image-token count varies with the image), and a
+Qwen2VLForConditionalGeneration with M-RoPE sections in Qwen2-VL's 2:3:3 proportion.
 """
 
 from __future__ import annotations
@@ -104,6 +110,12 @@ class TinyConfig:
     model_vocab_size: int | None = None  # embedding / lm_head rows; None = the tokenizer's size.
                                   # Larger pads the model (e.g. SmolVLM's real 49,280 for speed and
                                   # size checks) while the small tokenizer uses the first ids.
+    # qwen2_vl only: image_size² is the pixel budget (max_pixels), patch_size the ViT patch,
+    # scale_factor the merge size, vision_intermediate_size / vision_hidden_size the MLP ratio
+    vision_out_size: int | None = None  # merger output (None = hidden_size)
+    rope_theta: float = 10000.0
+    mrope_section: tuple[int, int, int] | None = None  # None: (2, 3, 3)/8 of head_dim / 2
+    tie_embeddings: bool = False  # lm_head shares the embedding (Qwen2-VL-2B does)
 
     def validate(self) -> "TinyConfig":
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -139,8 +151,10 @@ SHAPES = {
 }
 
 
-def build_tokenizer(cfg: TinyConfig):
-    """ByteLevel BPE trained on `corpus()`, wrapped as a transformers fast tokenizer."""
+def build_tokenizer(cfg: TinyConfig, special=SPECIAL_TOKENS, bos: str | None = BOS,
+                    eos: str = EOS, pad: str = PAD, extra_text: tuple[str, ...] = ()):
+    """ByteLevel BPE trained on `corpus()` (+ `extra_text`), wrapped as a transformers fast
+    tokenizer; `special` first, the prompt's tags added last (not special)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -148,12 +162,12 @@ def build_tokenizer(cfg: TinyConfig):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size - len(TAG_TOKENS),
-                                  special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  special_tokens=list(special), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus() + list(extra_text) * 20, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=None,
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=None,
         model_input_names=["input_ids", "attention_mask"])  # no token_type_ids: generate() rejects them
     fast.padding_side = "left"
     return fast
@@ -199,12 +213,78 @@ def build_model(cfg: TinyConfig, tokenizer):
     return model.eval()
 
 
-def init_tiny(out: str | os.PathLike, cfg: TinyConfig = TinyConfig()) -> Path:
-    """Build the tiny student and save model + processor under `out`; returns the path."""
-    cfg.validate()
+def build_qwen2_vl_processor(cfg: TinyConfig):
+    """The image-only Qwen2VLProcessor (train.families.qwen2_vl): PIL image processor, ChatML."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .families import qwen2_vl as q
+
+    factor = cfg.patch_size * cfg.scale_factor
+    images = Qwen2VLImageProcessorPil(patch_size=cfg.patch_size, merge_size=cfg.scale_factor,
+                                      temporal_patch_size=2, min_pixels=(2 * factor) ** 2,
+                                      max_pixels=cfg.image_size ** 2)
+    tokenizer = build_tokenizer(cfg, q.SPECIAL_TOKENS, bos=None, eos=q.IM_END, pad=q.ENDOFTEXT,
+                                extra_text=("system\nYou are a helpful assistant.", "user\n",
+                                            "assistant\n"))
+    return q.image_only_processor_class()(image_processor=images, tokenizer=tokenizer,
+                                          chat_template=q.QWEN2_VL_CHAT_TEMPLATE)
+
+
+def build_qwen2_vl_model(cfg: TinyConfig, tokenizer):
+    """Random Qwen2VLForConditionalGeneration whose ≥2-D weights are N(0, cfg.std)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from mmkp_edge.families.qwen2_vl import IMAGE_PAD, VISION_END, VISION_START
+
+    half = cfg.hidden_size // cfg.num_heads // 2                   # rotary frequencies a head
+    section = cfg.mrope_section or (half // 4, half * 3 // 8, half - half // 4 - half * 3 // 8)
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+               bos_token_id=None)
+    text = dict(vocab_size=max(len(tokenizer), cfg.model_vocab_size or 0),
+                hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta,
+                                 "mrope_section": list(section)},
+                tie_word_embeddings=cfg.tie_embeddings, **ids)
+    vision = dict(depth=cfg.vision_layers, embed_dim=cfg.vision_hidden_size,
+                  hidden_size=cfg.vision_out_size or cfg.hidden_size, num_heads=cfg.vision_heads,
+                  mlp_ratio=cfg.vision_intermediate_size // cfg.vision_hidden_size,
+                  patch_size=cfg.patch_size, spatial_merge_size=cfg.scale_factor,
+                  temporal_patch_size=2)
+    tokens = {"image_token_id": IMAGE_PAD, "video_token_id": "<|video_pad|>",
+              "vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision,
+                           tie_word_embeddings=cfg.tie_embeddings,
+                           **{k: tokenizer.convert_tokens_to_ids(t) for k, t in tokens.items()})
+    torch.manual_seed(cfg.seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * cfg.std)
+    model.generation_config.update(**ids)
+    return model.eval()
+
+
+# the tiny Qwen2-VL: 4-px patches merged 2×2 (8-px steps), 4..49 image tokens by image size
+QWEN2_VL_TINY = TinyConfig(patch_size=4, image_size=56, vision_layers=1)
+FAMILIES = ("idefics3", "qwen2_vl")
+
+
+def init_tiny(out: str | os.PathLike, cfg: TinyConfig | None = None,
+              family: str = "idefics3") -> Path:
+    """Build the tiny student of `family` and save model + processor under `out`; returns the
+    path. `cfg` defaults to the family's tiny shape."""
+    if family not in FAMILIES:
+        raise InputError(f"tiny: family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    qwen = family == "qwen2_vl"
+    cfg = (cfg or (QWEN2_VL_TINY if qwen else TinyConfig())).validate()
     out = Path(out)
-    processor = build_processor(cfg)
-    model = build_model(cfg, processor.tokenizer)
+    processor = build_qwen2_vl_processor(cfg) if qwen else build_processor(cfg)
+    model = (build_qwen2_vl_model if qwen else build_model)(cfg, processor.tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -216,13 +296,19 @@ def init_tiny(out: str | os.PathLike, cfg: TinyConfig = TinyConfig()) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight seed.")
 @click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True,
               help="tiny: 0.3 M parameters for tests and the demo; smolvlm-256m: real layer shapes "
-                   "(random, small vocab) for GPU throughput checks.")
-def init_tiny_command(out: str, seed: int, shape: str) -> None:
-    """Write a random-weight SmolVLM/Idefics3 student (model + processor) to OUT.
+                   "(random, small vocab) for GPU throughput checks (idefics3 only).")
+@click.option("--family", type=click.Choice(FAMILIES), default="idefics3", show_default=True,
+              help="Student family: SmolVLM / Idefics3, or Qwen2-VL.")
+def init_tiny_command(out: str, seed: int, shape: str, family: str) -> None:
+    """Write a random-weight student (model + processor) to OUT.
 
     \b
     Example:
       mmkp-train init-tiny runs/tiny-student --seed 0
+      mmkp-train init-tiny runs/tiny-qwen2-vl --family qwen2_vl
       mmkp-train init-tiny runs/smolvlm-256m-random --shape smolvlm-256m
     """
-    click.echo(str(init_tiny(out, dataclasses.replace(SHAPES[shape], seed=seed))))
+    if family == "qwen2_vl" and shape != "tiny":
+        raise click.UsageError("--shape applies to idefics3 only")
+    base = QWEN2_VL_TINY if family == "qwen2_vl" else SHAPES[shape]
+    click.echo(str(init_tiny(out, dataclasses.replace(base, seed=seed), family)))

@@ -4,7 +4,8 @@ Keyed by the family name the manifest records (the same key as train/families an
 mmkp_edge/families; tests/test_families.py checks the registries agree). The exporter asks the
 family of the loaded student (`Source.family.name`) for:
 
-    vision_size(src)           side of the square frames the vision graph takes (its example input)
+    vision_size(src)           side of the square frames the vision graph takes (its example input;
+                               Qwen2-VL: the pixel step, its graph takes any grid)
     graph_modules(model, size) the three graph wrappers (export/wrappers.py's shared EmbedTokens and
                                Decoder around the family's own vision module), for a merged model
                                of one of the family's model types
@@ -24,6 +25,7 @@ from mmkp_edge.manifest import ImageInfo
 from train import families as train_families
 
 from .idefics3 import Idefics3Export
+from .qwen2_vl import Qwen2VLExport
 
 if TYPE_CHECKING:
     from ..source import Source
@@ -42,6 +44,7 @@ class ExportFamily(Protocol):
 
 _FAMILIES: dict[str, ExportFamily] = {f.name: f for f in (
     Idefics3Export(),
+    Qwen2VLExport(),
 )}
 
 

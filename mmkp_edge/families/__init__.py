@@ -27,7 +27,7 @@ The runtime protocol, `RuntimeFamily`, built as `cls(manifest)`:
 Idefics3 / SmolVLM (idefics3.py): square tiles, grid = (rows, cols) with (0, 0) for one global
 view, 64 tokens per frame, 1-D positions (`mmkp_edge.positions`: cumsum(mask) - 1, deltas 0).
 
-Qwen2-VL fits the same calls (its module, qwen2_vl.py, is written separately):
+Qwen2-VL (qwen2_vl.py) fits the same calls:
 - `preprocess` resizes to a multiple of patch·merge within a pixel budget and flattens patches:
   pixel_values (t·h·w, C·temporal·p·p), grid = (t, h, w) — `grid_thw`, not a square tile;
 - `image_text(grid)` is `<|vision_start|>` + `<|image_pad|>` × (t·h·w / merge²) +
@@ -53,6 +53,7 @@ import numpy as np
 from ..errors import InputError
 from ..preprocess import PreparedImage
 from .idefics3 import Idefics3
+from .qwen2_vl import Qwen2VL
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -86,6 +87,7 @@ class RuntimeFamily(Protocol):
 
 _FAMILIES: dict[str, type] = {cls.name: cls for cls in (
     Idefics3,
+    Qwen2VL,
 )}
 
 

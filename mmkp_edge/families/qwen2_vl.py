@@ -14,6 +14,11 @@ Qwen2-VL differs from Idefics3 in the three places a runtime must reproduce bit 
   no longer its length - 1: the offset (`rope_delta`) is kept per row and every decode step's
   position is `past valid length + rope_delta` on all three axes.
 
+`Qwen2VL` (the end of this module) is the family's runtime side behind
+mmkp_edge.families.RuntimeFamily, built from a bundle manifest: its image section carries
+`Qwen2VLImageSettings`' fields, a prepared image's grid is (t, h, w) in patches, and the vision
+graph takes the patches with those grids (mmkp_edge.graph_io's vision_grid layout).
+
 This is transformers 5.24's `Qwen2VLImageProcessorPil` (the PIL backend — the torchvision one
 resizes with torch kernels a numpy runtime cannot mirror, and is absent beside the CPU torch
 build), `Qwen2VLProcessor.replace_image_token` and `Qwen2VLModel.get_rope_index` plus generate()'s
@@ -24,10 +29,18 @@ tiny random Qwen2-VL. numpy and PIL only: importing this module never loads torc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from PIL import Image
+
+from ..errors import InputError
+from ..preprocess import PreparedImage
+
+if TYPE_CHECKING:
+    from ..manifest import ImageInfo, Manifest
 
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP, Qwen2-VL's defaults
@@ -258,3 +271,69 @@ def decode_position_ids(past_valid_lengths: np.ndarray, rope_deltas: np.ndarray,
     base = np.asarray(past_valid_lengths, dtype=np.int64) + np.asarray(rope_deltas, dtype=np.int64)
     pos = base[:, None] + np.arange(num_new, dtype=np.int64)[None, :]       # (B, num_new)
     return np.broadcast_to(pos, (3, *pos.shape)).copy()                     # (3, B, num_new)
+
+
+# ---------------------------------------------------------------------------- the runtime family
+
+def settings_from_manifest(info: "ImageInfo") -> Qwen2VLImageSettings:
+    """The preprocessing settings a qwen2_vl manifest's image section records."""
+    return Qwen2VLImageSettings(
+        patch_size=info.patch_size, merge_size=info.merge_size,
+        temporal_patch_size=info.temporal_patch_size, min_pixels=info.min_pixels,
+        max_pixels=info.max_pixels, resample=info.resample, rescale_factor=info.rescale_factor,
+        image_mean=tuple(info.image_mean), image_std=tuple(info.image_std),
+        do_resize=info.do_resize, do_rescale=info.do_rescale,
+        do_normalize=info.do_normalize).validate()
+
+
+class Qwen2VL:
+    """The runtime side of the Qwen2-VL family (mmkp_edge.families.RuntimeFamily): patches +
+    (t, h, w) grids, pads by image size, M-RoPE prompt positions with per-row rope deltas."""
+
+    name: ClassVar[str] = "qwen2_vl"
+
+    def __init__(self, manifest: "Manifest"):
+        self.info = manifest.image
+        self.settings = settings_from_manifest(manifest.image)
+        self.image_token_id = int(manifest.special_tokens.image)
+        self._pre = Qwen2VLImagePreprocessor(self.settings)
+
+    @classmethod
+    def check_manifest(cls, manifest: "Manifest") -> None:
+        image = manifest.image
+        if "{image_tokens}" not in image.token_string:
+            raise InputError("manifest: image.token_string needs {image_tokens}")
+        try:
+            settings_from_manifest(image)
+        except ValueError as exc:
+            raise InputError(f"manifest: qwen2_vl image settings: {exc}") from None
+
+    def preprocess(self, image: Image.Image) -> PreparedImage:
+        """RGB image → patches (gh·gw, C·t·p·p) float32 and grid (1, gh, gw)."""
+        prepared = self._pre(image)
+        return PreparedImage(pixel_values=prepared.pixel_values,
+                             grid=tuple(int(v) for v in prepared.image_grid_thw[0]))
+
+    def image_tokens(self, grid: tuple[int, ...]) -> int:
+        return image_token_count(grid, self.settings.merge_size)
+
+    def image_text(self, grid: tuple[int, ...]) -> str:
+        tokens = self.info.image_token * self.image_tokens(grid)
+        return self.info.token_string.replace("{image_tokens}", tokens)
+
+    def prompt_positions(self, ids: np.ndarray, mask: np.ndarray,
+                         grids: Sequence[Sequence[tuple[int, ...]]] = ()
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(3, B, L) M-RoPE ids and rope deltas (B,); `grids[b]` are row b's images in order."""
+        flat = [g for row in grids for g in row]
+        thw = np.asarray(flat, dtype=np.int64).reshape(-1, 3) if flat else None   # (I, 3)
+        return mrope_position_ids(ids, mask, thw, image_token_id=self.image_token_id,
+                                  merge_size=self.settings.merge_size)
+
+    def step_positions(self, mask: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+        """mask (B, S) with the new token's column → (3, B, 1)."""
+        return decode_position_ids(mask.sum(axis=1) - 1, deltas)            # (3, B, 1)
+
+    def mlx_graphs(self, root, manifest: "Manifest"):
+        raise InputError("MLX bundles are written for idefics3 students only; export this "
+                         "qwen2_vl student as an ONNX bundle")

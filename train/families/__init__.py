@@ -5,7 +5,8 @@ language model sits, which linear layers LoRA adapts, how images are preprocesse
 is rendered. Families are registered under their family name — the manifest's `family`, the same
 key export/families and mmkp_edge/families use — and found for a checkpoint through the Hugging
 Face `model_type`s each one declares. Adding a family (e.g. Qwen2-VL) is one new module here that
-registers itself (plus one per layer in export and the runtime), not edits across stages.
+registers itself (plus one per layer in export and the runtime), not edits across stages;
+Qwen2-VL (qwen2_vl.py) is the second.
 
 `PromptPieces` is the chat rendering as plain data, so the torch-free runtime can rebuild the exact
 prompt text (and therefore the exact token ids) without transformers or Jinja.
@@ -158,3 +159,4 @@ def family_of(source: str | os.PathLike, **options) -> StudentFamily:
 
 
 from . import idefics3  # noqa: E402,F401  (registers the SmolVLM / Idefics3 family)
+from . import qwen2_vl  # noqa: E402,F401  (registers the Qwen2-VL family)
