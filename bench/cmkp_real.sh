@@ -12,7 +12,7 @@
 set -euo pipefail
 STUDENT=${1:?student checkpoint}; CMKP=${2:?CMKP folder}; OUT=${3:?output folder}
 TRAIN_POSTS=${TRAIN_POSTS:-2000}; TEST_POSTS=${TEST_POSTS:-300}; AGREE_POSTS=${AGREE_POSTS:-300}
-EPOCHS=${EPOCHS:-1}; COT_EPOCHS=${COT_EPOCHS:-1}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
+EPOCHS=${EPOCHS:-1}; COT_EPOCHS=${COT_EPOCHS:-1}; DYN_POSTS=${DYN_POSTS:-$TRAIN_POSTS}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT/data"
 for split in valid test; do
@@ -30,8 +30,9 @@ SFT="$OUT/runs/sft/smollm2"
 "$BIN/mmkp-train" cot-data --posts "$OUT/data/valid.jsonl" -o "$OUT/rationales.jsonl" --teacher evidence \
   --model corpus-evidence-v1 --limit "$TRAIN_POSTS" --set options.corpus="$OUT/data/valid.jsonl"
 for stage in cot dynamic-cot; do
+  posts=$TRAIN_POSTS; [ "$stage" = dynamic-cot ] && posts=$DYN_POSTS
   "$BIN/mmkp-train" "$stage" "${common[@]}" --set init_from="$SFT" --set rationales="$OUT/rationales.jsonl" \
-    --set data.max_train_posts="$TRAIN_POSTS" --set train.epochs="$COT_EPOCHS" \
+    --set data.max_train_posts="$posts" --set train.epochs="$COT_EPOCHS" \
     --set train.precision="$PRECISION" --set train.log_every=25 --overwrite
 done
 "$BIN/mmkp-export" "$SFT" -o "$OUT/bundle-fp32" --overwrite
