@@ -15,12 +15,12 @@ is the one a torch-free runtime can mirror.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 
-from . import PromptPieces, register
+from . import PromptPieces, load_pretrained, register, unwrap
 
 # What the Idefics3 processor needs in a tokenizer, and SmolVLM-Instruct's chat format
 # ("User:" / "Assistant:", `<end_of_utterance>` ends a turn): used by init-tiny and init-student.
@@ -39,10 +39,6 @@ _SENTINEL = "\x00MMKP_PROMPT\x00"   # stands for the user text while rendering t
 _CHECK_TEXT = "  check:  {image} <x> ünï  "  # self-check text (spaces, braces, unicode)
 
 
-def _base(model: Any) -> Any:
-    """Unwrap a peft model to the transformers model."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
 
 @register
 @dataclass(frozen=True)
@@ -60,17 +56,10 @@ class Idefics3Family:
     # ------------------------------------------------------------------ loading
 
     def load_model(self, source: str, *, dtype=None, device="cpu", attn_implementation=None):
-        import torch
         from transformers import AutoModelForImageTextToText
 
-        kwargs = {"dtype": dtype or torch.float32}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
-        except OSError as exc:
-            raise InputError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
-        return model.to(device).eval()
+        return load_pretrained(AutoModelForImageTextToText, source, dtype=dtype, device=device,
+                               attn_implementation=attn_implementation)
 
     def load_processor(self, source: str):
         from transformers import AutoTokenizer, Idefics3Processor
@@ -96,10 +85,10 @@ class Idefics3Family:
     # ------------------------------------------------------------------ structure
 
     def language_model(self, model):
-        return _base(model).model.text_model
+        return unwrap(model).model.text_model
 
     def vision_modules(self, model):
-        inner = _base(model).model
+        inner = unwrap(model).model
         return [inner.vision_model, inner.connector]
 
     def lora_target_regex(self, targets: tuple[str, ...], vision: bool = False) -> str:

@@ -22,14 +22,14 @@ M-RoPE positions come from them), so train.collate passes them through.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mmkp_edge import prompt
 from mmkp_edge.errors import InputError
 from mmkp_edge.families.qwen2_vl import (IMAGE_PAD, VISION_END, VISION_START, image_token_count,
                                          image_token_string)
 
-from . import PromptPieces, register
+from . import PromptPieces, load_pretrained, register, unwrap
 
 ENDOFTEXT, IM_START, IM_END, VIDEO_PAD = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
@@ -62,10 +62,6 @@ def image_only_processor_class():
     return ImageOnlyQwen2VLProcessor
 
 
-def _base(model: Any) -> Any:
-    """Unwrap a peft model to the transformers model."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
 
 @register
 @dataclass(frozen=True)
@@ -82,17 +78,10 @@ class Qwen2VLFamily:
     # ------------------------------------------------------------------ loading
 
     def load_model(self, source: str, *, dtype=None, device="cpu", attn_implementation=None):
-        import torch
         from transformers import Qwen2VLForConditionalGeneration
 
-        kwargs = {"dtype": dtype or torch.float32}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = Qwen2VLForConditionalGeneration.from_pretrained(str(source), **kwargs)
-        except OSError as exc:
-            raise InputError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
-        return model.to(device).eval()
+        return load_pretrained(Qwen2VLForConditionalGeneration, source, dtype=dtype, device=device,
+                               attn_implementation=attn_implementation)
 
     def load_processor(self, source: str):
         from transformers import AutoTokenizer
@@ -116,10 +105,10 @@ class Qwen2VLFamily:
     # ------------------------------------------------------------------ structure
 
     def language_model(self, model):
-        return _base(model).model.language_model
+        return unwrap(model).model.language_model
 
     def vision_modules(self, model):
-        return [_base(model).model.visual]                  # patch embed, blocks and merger
+        return [unwrap(model).model.visual]                  # patch embed, blocks and merger
 
     def lora_target_regex(self, targets: tuple[str, ...], vision: bool = False) -> str:
         """peft full-matches this against names like `model.language_model.layers.0.self_attn.q_proj`."""
