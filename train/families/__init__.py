@@ -154,27 +154,6 @@ def model_type_of(source: str | os.PathLike) -> str:
         raise InputError(f"{source}: cannot load the model config ({str(exc).splitlines()[0]})") from None
 
 
-def load_pretrained(model_class: Any, source: str, *, dtype=None, device="cpu",
-                    attn_implementation: str | None = None) -> Any:
-    """`model_class.from_pretrained(source)` (hub id or folder, never remote code) in `dtype`
-    (default float32), moved to `device`, in eval mode; a load failure is one InputError line."""
-    import torch
-
-    kwargs = {"dtype": dtype or torch.float32}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = model_class.from_pretrained(str(source), **kwargs)
-    except OSError as exc:
-        raise InputError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval()
-
-
-def unwrap(model: Any) -> Any:
-    """The transformers model inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def family_of(source: str | os.PathLike, **options) -> StudentFamily:
     return family_for(model_type_of(source), **options)
 

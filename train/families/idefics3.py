@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmkp_edge import prompt
-from mmkp_edge.errors import InputError
-
-from . import PromptPieces, load_pretrained, register, unwrap
+from . import PromptPieces, register
+from .common import (DECODER_LINEARS, load_pretrained, load_processor, lora_regex,
+                     rebuilt_check_prompt, template_texts, unwrap)
 
 # What the Idefics3 processor needs in a tokenizer, and SmolVLM-Instruct's chat format
 # ("User:" / "Assistant:", `<end_of_utterance>` ends a turn): used by init-tiny and init-student.
@@ -35,10 +34,6 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
-_SENTINEL = "\x00MMKP_PROMPT\x00"   # stands for the user text while rendering the template
-_CHECK_TEXT = "  check:  {image} <x> ünï  "  # self-check text (spaces, braces, unicode)
-
-
 
 @register
 @dataclass(frozen=True)
@@ -47,8 +42,7 @@ class Idefics3Family:
 
     name: ClassVar[str] = "idefics3"
     model_types: ClassVar[tuple[str, ...]] = ("idefics3", "smolvlm")
-    default_lora_targets: ClassVar[tuple[str, ...]] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    default_lora_targets: ClassVar[tuple[str, ...]] = DECODER_LINEARS
     vision_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj",
                                                       "fc1", "fc2")
     image_wrapper_tokens: ClassVar[tuple[str, ...]] = IMAGE_WRAPPERS   # trained beside LoRA
@@ -62,24 +56,12 @@ class Idefics3Family:
                                attn_implementation=attn_implementation)
 
     def load_processor(self, source: str):
-        from transformers import AutoTokenizer, Idefics3Processor
+        from transformers import Idefics3Processor
         from transformers.models.idefics3.image_processing_pil_idefics3 import (
             Idefics3ImageProcessorPil)
 
-        try:
-            images = Idefics3ImageProcessorPil.from_pretrained(str(source))
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-            processor = Idefics3Processor.from_pretrained(str(source), image_processor=images,
-                                                          tokenizer=tokenizer)
-        except OSError as exc:
-            raise InputError(f"{source}: cannot load the processor ({str(exc).splitlines()[0]})") from None
-        if processor.chat_template is None:
-            raise InputError(f"{source}: the processor has no chat template")
+        processor = load_processor(Idefics3Processor, Idefics3ImageProcessorPil, source)
         processor.image_processor.do_image_splitting = self.image_splitting
-        # generate() rejects token_type_ids, which some fast tokenizers emit by default
-        processor.tokenizer.model_input_names = ["input_ids", "attention_mask"]
-        if processor.tokenizer.pad_token is None:
-            processor.tokenizer.pad_token = processor.tokenizer.eos_token
         return processor
 
     # ------------------------------------------------------------------ structure
@@ -92,13 +74,9 @@ class Idefics3Family:
         return [inner.vision_model, inner.connector]
 
     def lora_target_regex(self, targets: tuple[str, ...], vision: bool = False) -> str:
-        """peft full-matches this against module names like `model.text_model.layers.0.self_attn.q_proj`."""
-        names = "|".join(sorted(set(targets)))
-        regex = rf".*\.text_model\..*\.({names})"
-        if vision:
-            vnames = "|".join(self.vision_lora_targets)
-            regex = rf"(?:{regex})|(?:.*\.vision_model\..*\.({vnames}))"
-        return regex
+        """Matches names like `model.text_model.layers.0.self_attn.q_proj`."""
+        return lora_regex(targets, "text_model", "vision_model" if vision else None,
+                          self.vision_lora_targets)
 
     # ------------------------------------------------------------------ data contract
 
@@ -128,25 +106,11 @@ class Idefics3Family:
         return processor.replace_image_token({"rows": [[0]], "cols": [[0]]}, 0)
 
     def prompt_pieces(self, processor) -> PromptPieces:
-        def render(has_image: bool) -> str:
-            msgs = prompt.messages("x", "", has_image)
-            msgs[0]["content"][-1]["text"] = _SENTINEL
-            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            if text.count(_SENTINEL) != 1:
-                raise ValueError("chat template does not reproduce the user text exactly once")
-            return text
-
-        image_tok = processor.image_token
-        with_image, text_only = render(True), render(False)
-        if with_image.count(image_tok) != 1 or image_tok in text_only:
-            raise ValueError(f"chat template must emit {image_tok!r} once per image")
-        if "{image}" in with_image or "{prompt}" in with_image + text_only:
-            raise ValueError("chat template contains a literal '{image}' or '{prompt}'")
+        with_image, text_only = template_texts(processor, processor.image_token)
         tok = processor.tokenizer
         pieces = PromptPieces(
-            with_image=with_image.replace(image_tok, "{image}").replace(_SENTINEL, "{prompt}"),
-            text_only=text_only.replace(_SENTINEL, "{prompt}"),
-            image_string=self.image_string(processor), image_placeholder=image_tok,
+            with_image=with_image, text_only=text_only,
+            image_string=self.image_string(processor), image_placeholder=processor.image_token,
             add_special_tokens=True, image_splitting=bool(processor.image_processor.do_image_splitting),
             eos_token=tok.eos_token, pad_token=tok.pad_token)
         self._check_pieces(processor, pieces)
@@ -155,14 +119,7 @@ class Idefics3Family:
     def _check_pieces(self, processor, pieces: PromptPieces) -> None:
         """Refuse pieces that do not rebuild what the processor's own template renders."""
         for has_image in (True, False):
-            msgs = prompt.messages(_CHECK_TEXT, "", has_image)
-            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            if has_image:
-                text = text.replace(processor.image_token, pieces.image_string)
-            built = pieces.build(prompt.user_text(_CHECK_TEXT), has_image)
-            if built != text:
-                raise ValueError("prompt pieces do not reproduce the chat template (has_image="
-                                 f"{has_image}); this template cannot be exported as data")
+            built = rebuilt_check_prompt(processor, pieces, has_image)
             plain = processor.tokenizer.backend_tokenizer.encode(
                 built, add_special_tokens=pieces.add_special_tokens).ids   # what tokenizer.json does
             if plain != processor.tokenizer(built)["input_ids"]:

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mmkp_edge import prompt
-from mmkp_edge.errors import InputError
 from mmkp_edge.families.qwen2_vl import (IMAGE_PAD, VISION_END, VISION_START, image_token_count,
                                          image_token_string)
 
-from . import PromptPieces, load_pretrained, register, unwrap
+from . import PromptPieces, register
+from .common import (CHECK_TEXT, DECODER_LINEARS, load_pretrained, load_processor, lora_regex,
+                     rebuilt_check_prompt, template_texts, unwrap)
 
 ENDOFTEXT, IM_START, IM_END, VIDEO_PAD = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
@@ -45,8 +46,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% endif %}")
 
-_SENTINEL = "\x00MMKP_PROMPT\x00"   # stands for the user text while rendering the template
-_CHECK_TEXT = "  check:  {image} <x> ünï  "  # self-check text (spaces, braces, unicode)
 _CHECK_SIZES = ((30, 50), (70, 20))          # (h, w) of the self-check's images
 
 
@@ -62,7 +61,6 @@ def image_only_processor_class():
     return ImageOnlyQwen2VLProcessor
 
 
-
 @register
 @dataclass(frozen=True)
 class Qwen2VLFamily:
@@ -70,8 +68,7 @@ class Qwen2VLFamily:
 
     name: ClassVar[str] = "qwen2_vl"
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
-    default_lora_targets: ClassVar[tuple[str, ...]] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    default_lora_targets: ClassVar[tuple[str, ...]] = DECODER_LINEARS
     vision_lora_targets: ClassVar[tuple[str, ...]] = ("qkv", "proj", "fc1", "fc2")
     image_wrapper_tokens: ClassVar[tuple[str, ...]] = (VISION_START, VISION_END)
 
@@ -84,23 +81,10 @@ class Qwen2VLFamily:
                                attn_implementation=attn_implementation)
 
     def load_processor(self, source: str):
-        from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil)
 
-        try:
-            images = Qwen2VLImageProcessorPil.from_pretrained(str(source))
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-            processor = image_only_processor_class().from_pretrained(
-                str(source), image_processor=images, tokenizer=tokenizer)
-        except OSError as exc:
-            raise InputError(f"{source}: cannot load the processor ({str(exc).splitlines()[0]})") from None
-        if processor.chat_template is None:
-            raise InputError(f"{source}: the processor has no chat template")
-        processor.tokenizer.model_input_names = ["input_ids", "attention_mask"]
-        if processor.tokenizer.pad_token is None:
-            processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return processor
+        return load_processor(image_only_processor_class(), Qwen2VLImageProcessorPil, source)
 
     # ------------------------------------------------------------------ structure
 
@@ -111,13 +95,9 @@ class Qwen2VLFamily:
         return [unwrap(model).model.visual]                  # patch embed, blocks and merger
 
     def lora_target_regex(self, targets: tuple[str, ...], vision: bool = False) -> str:
-        """peft full-matches this against names like `model.language_model.layers.0.self_attn.q_proj`."""
-        names = "|".join(sorted(set(targets)))
-        regex = rf".*\.language_model\..*\.({names})"
-        if vision:
-            vnames = "|".join(self.vision_lora_targets)
-            regex = rf"(?:{regex})|(?:.*\.visual\.blocks\..*\.({vnames}))"
-        return regex
+        """Matches names like `model.language_model.layers.0.self_attn.q_proj`."""
+        return lora_regex(targets, "language_model", r"visual\.blocks" if vision else None,
+                          self.vision_lora_targets)
 
     # ------------------------------------------------------------------ data contract
 
@@ -142,23 +122,10 @@ class Qwen2VLFamily:
                 "image_token_id": int(processor.image_token_id)}
 
     def prompt_pieces(self, processor) -> PromptPieces:
-        def render(has_image: bool) -> str:
-            msgs = prompt.messages("x", "", has_image)
-            msgs[0]["content"][-1]["text"] = _SENTINEL
-            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            if text.count(_SENTINEL) != 1:
-                raise ValueError("chat template does not reproduce the user text exactly once")
-            return text
-
-        with_image, text_only = render(True), render(False)
-        if with_image.count(IMAGE_PLACEHOLDER) != 1 or IMAGE_PAD in text_only:
-            raise ValueError(f"chat template must emit {IMAGE_PLACEHOLDER!r} once per image")
-        if "{image}" in with_image or "{prompt}" in with_image + text_only:
-            raise ValueError("chat template contains a literal '{image}' or '{prompt}'")
+        with_image, text_only = template_texts(processor, IMAGE_PLACEHOLDER, image_mark=IMAGE_PAD)
         tok = processor.tokenizer
         pieces = PromptPieces(
-            with_image=with_image.replace(IMAGE_PLACEHOLDER, "{image}").replace(_SENTINEL, "{prompt}"),
-            text_only=text_only.replace(_SENTINEL, "{prompt}"),
+            with_image=with_image, text_only=text_only,
             image_string=IMAGE_PLACEHOLDER,      # one pad: the runtime repeats it per image size
             image_placeholder=IMAGE_PLACEHOLDER, add_special_tokens=True, image_splitting=False,
             eos_token=tok.eos_token, pad_token=tok.pad_token)
@@ -176,12 +143,7 @@ class Qwen2VLFamily:
         backend = processor.tokenizer.backend_tokenizer            # what tokenizer.json does
         merge = processor.image_processor.merge_size
         for has_image in (True, False):
-            msgs = prompt.messages(_CHECK_TEXT, "", has_image)
-            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            built = pieces.build(prompt.user_text(_CHECK_TEXT), has_image)
-            if built != text:
-                raise ValueError("prompt pieces do not reproduce the chat template (has_image="
-                                 f"{has_image}); this template cannot be exported as data")
+            built = rebuilt_check_prompt(processor, pieces, has_image)
             for h, w in _CHECK_SIZES if has_image else ((0, 0),):
                 image = Image.fromarray(np.full((h, w, 3), 127, np.uint8)) if has_image else None
                 with warnings.catch_warnings():
@@ -192,7 +154,7 @@ class Qwen2VLFamily:
                 if has_image:
                     n = image_token_count(out["image_grid_thw"][0], merge)
                     expanded = pieces.with_image.replace("{image}", image_token_string(n)).replace(
-                        "{prompt}", prompt.user_text(_CHECK_TEXT))
+                        "{prompt}", prompt.user_text(CHECK_TEXT))
                 ids = backend.encode(expanded, add_special_tokens=pieces.add_special_tokens).ids
                 if ids != out["input_ids"][0].tolist():
                     raise ValueError("tokenizer.json and the image expansion do not reproduce the "
