@@ -184,6 +184,20 @@ def build_processor(cfg: TinyConfig):
                              image_seq_len=cfg.image_seq_len, chat_template=CHAT_TEMPLATE)
 
 
+def _randomized(model, cfg: TinyConfig, token_ids: dict):
+    """`model` with every ≥2-D weight drawn from N(0, cfg.std) in name order (seed cfg.seed + 1,
+    so a shape's weights do not depend on the model class's init order), generation ids set."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * cfg.std)
+    model.generation_config.update(**token_ids)
+    return model.eval()
+
+
 def build_model(cfg: TinyConfig, tokenizer):
     """Random Idefics3ForConditionalGeneration whose ≥2-D weights are N(0, cfg.std)."""
     import torch
@@ -204,13 +218,7 @@ def build_model(cfg: TinyConfig, tokenizer):
                             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
                             tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
     model = Idefics3ForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * cfg.std)
-    model.generation_config.update(**ids)
-    return model.eval()
+    return _randomized(model, cfg, ids)
 
 
 def build_qwen2_vl_processor(cfg: TinyConfig):
@@ -260,13 +268,7 @@ def build_qwen2_vl_model(cfg: TinyConfig, tokenizer):
                            **{k: tokenizer.convert_tokens_to_ids(t) for k, t in tokens.items()})
     torch.manual_seed(cfg.seed)
     model = Qwen2VLForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * cfg.std)
-    model.generation_config.update(**ids)
-    return model.eval()
+    return _randomized(model, cfg, ids)
 
 
 # the tiny Qwen2-VL: 4-px patches merged 2×2 (8-px steps), 4..49 image tokens by image size
