@@ -16,9 +16,9 @@ runtime computes (mmkp_edge.families.qwen2_vl); the text model takes them as giv
 names and axes are mmkp_edge.graph_io's with `vision_grid=True, position_axes=3`; export.graphs
 traces them like every family's (the vision wrapper states its own dynamic shapes).
 
-The vision mask is dense (N_patches², a few MB at Qwen2-VL's usual ≤ 1 280 tokens an image =
-5 120 patches → 26 M booleans); a segment-wise attention (one graph call per image) is the
-alternative if that ever matters.
+The vision mask is dense over all patches given (N_patches²), so the runtime calls the graph once
+per image (mmkp_edge.graphs.Graphs.vision): 26 M booleans at Qwen2-VL's usual ≤ 1 280 tokens an
+image (5 120 patches); several images in one call stay correct, at (ΣN)² cost.
 """
 
 from __future__ import annotations
