@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from mmkp_edge.families.qwen2_vl import token_string
 from mmkp_edge.manifest import ImageInfo
 
 from ..qwen2_vl_wrappers import graph_modules
@@ -40,11 +41,9 @@ class Qwen2VLExport:
         settings = src.family.image_settings(src.processor)
         pieces = src.family.prompt_pieces(src.processor)            # self-checked
         pad = settings["image_token"]
-        if pieces.image_string.count(pad) != 1:
-            raise ValueError(f"image string {pieces.image_string!r} does not hold {pad!r} once")
         return ImageInfo(
             size_longest_edge=0, max_image_size=0, tokens_per_image=settings["tokens_per_image"],
-            token_string=pieces.image_string.replace(pad, "{image_tokens}"), image_token=pad,
+            token_string=token_string(pieces.image_string, pad), image_token=pad,
             tile_string="", do_resize=settings["do_resize"], resample=settings["resample"],
             do_rescale=settings["do_rescale"], rescale_factor=settings["rescale_factor"],
             do_normalize=settings["do_normalize"], image_mean=tuple(settings["image_mean"]),

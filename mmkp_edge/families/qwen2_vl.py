@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..preprocess import PreparedImage
+from ..preprocess import Normalizer, PreparedImage
 
 if TYPE_CHECKING:
     from ..manifest import ImageInfo, Manifest
@@ -132,8 +132,8 @@ class Qwen2VLImagePreprocessor:
         if isinstance(settings, dict):
             settings = Qwen2VLImageSettings.from_dict(settings)
         self.settings = settings.validate()
-        self.mean = np.asarray(settings.image_mean, dtype=np.float32)[:, None, None]   # (3, 1, 1)
-        self.std = np.asarray(settings.image_std, dtype=np.float32)[:, None, None]     # (3, 1, 1)
+        self.normalize = Normalizer(settings.do_rescale, settings.rescale_factor,
+                                    settings.do_normalize, settings.image_mean, settings.image_std)
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         s = self.settings
@@ -147,12 +147,7 @@ class Qwen2VLImagePreprocessor:
         if s.do_resize:
             height, width = self.resized_size(image.height, image.width)
             image = image.resize((width, height), resample=s.resample)
-        arr = np.asarray(image).transpose(2, 0, 1)                           # (3, H, W) uint8
-        if s.do_rescale:
-            arr = (arr.astype(np.float64) * s.rescale_factor).astype(np.float32)
-        if s.do_normalize:
-            arr = (arr.astype(np.float32, copy=False) - self.mean) / self.std
-        return arr.astype(np.float32, copy=False)
+        return self.normalize(np.asarray(image))                            # (3, H, W) float32
 
     def patchify(self, arr: np.ndarray) -> tuple[np.ndarray, int, int]:
         """(C, H, W) → (gh·gw, C·T·P·P). Rows run over merge blocks row-major, and inside a block
@@ -186,13 +181,21 @@ def image_token_count(grid_thw, merge_size: int) -> int:
     return t * h * w // merge_size ** 2
 
 
-def image_token_string(num_tokens: int, *, vision_start: str = VISION_START,
-                       image_pad: str = IMAGE_PAD, vision_end: str = VISION_END) -> str:
-    """One image in the prompt text. The chat template writes start + one pad + end; the processor
-    then repeats the pad to `num_tokens` (this function does both)."""
+def token_string(image_string: str, image_token: str) -> str:
+    """The manifest's `image.token_string`: the chat template's one-pad image form
+    (start + pad + end) with its pad as "{image_tokens}"."""
+    if image_string.count(image_token) != 1:
+        raise ValueError(f"image string {image_string!r} does not hold {image_token!r} once")
+    return image_string.replace(image_token, "{image_tokens}")
+
+
+def image_token_string(token_string: str, image_token: str, num_tokens: int) -> str:
+    """One image in the prompt text: the pad repeated to `num_tokens`, as the processor expands
+    the template's start + pad + end. The runtime (`Qwen2VL.image_text`) and the training-side
+    self-check (train.families.qwen2_vl) both expand through here."""
     if num_tokens < 1:
         raise ValueError("an image needs at least one token")
-    return vision_start + image_pad * num_tokens + vision_end
+    return token_string.replace("{image_tokens}", image_token * num_tokens)
 
 
 # ---------------------------------------------------------------------------- M-RoPE position ids
@@ -318,8 +321,8 @@ class Qwen2VL:
         return image_token_count(grid, self.settings.merge_size)
 
     def image_text(self, grid: tuple[int, ...]) -> str:
-        tokens = self.info.image_token * self.image_tokens(grid)
-        return self.info.token_string.replace("{image_tokens}", tokens)
+        return image_token_string(self.info.token_string, self.info.image_token,
+                                  self.image_tokens(grid))
 
     def prompt_positions(self, ids: np.ndarray, mask: np.ndarray,
                          grids: Sequence[Sequence[tuple[int, ...]]] = ()

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from mmkp_edge import prompt
 from mmkp_edge.families.qwen2_vl import (IMAGE_PAD, VISION_END, VISION_START, image_token_count,
-                                         image_token_string)
+                                         image_token_string, token_string)
 
 from . import PromptPieces, register
 from .common import (CHECK_TEXT, DECODER_LINEARS, load_pretrained, load_processor, lora_regex,
@@ -117,7 +117,7 @@ class Qwen2VLFamily:
                 "do_normalize": bool(ip.do_normalize),
                 "image_mean": [float(v) for v in ip.image_mean],
                 "image_std": [float(v) for v in ip.image_std],
-                "tokens_per_image": int(ip.size["longest_edge"]) // factor ** 2,  # the most
+                "tokens_per_image": int(ip.size["longest_edge"]) // factor ** 2,  # informational
                 "image_token": processor.image_token,
                 "image_token_id": int(processor.image_token_id)}
 
@@ -153,7 +153,9 @@ class Qwen2VLFamily:
                 expanded = built
                 if has_image:
                     n = image_token_count(out["image_grid_thw"][0], merge)
-                    expanded = pieces.with_image.replace("{image}", image_token_string(n)).replace(
+                    image = image_token_string(token_string(pieces.image_string, IMAGE_PAD),
+                                               IMAGE_PAD, n)
+                    expanded = pieces.with_image.replace("{image}", image).replace(
                         "{prompt}", prompt.user_text(CHECK_TEXT))
                 ids = backend.encode(expanded, add_special_tokens=pieces.add_special_tokens).ids
                 if ids != out["input_ids"][0].tolist():
