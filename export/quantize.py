@@ -50,6 +50,12 @@ class Int8Config:
             raise ValueError(f"int8 block_size must be 16, 32 or 64, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0-4, got {self.accuracy_level}")
+        # a bare string would be read as its characters, and "" is in every name: both would
+        # keep (nearly) every MatMul float and still call the bundle int8
+        if isinstance(self.keep_matmuls, str) or not all(
+                isinstance(p, str) and p.strip() for p in self.keep_matmuls):
+            raise ValueError(f"keep_matmuls must be a tuple of non-empty weight-name parts, got "
+                             f"{self.keep_matmuls!r}")
         return self
 
     def describe(self, nodes: dict[str, int]) -> dict:

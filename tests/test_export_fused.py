@@ -253,3 +253,6 @@ def test_int8_keeps_the_named_projections_float(bundles, tmp_path):
         export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(tmp_path / "none"),
                                    precision="int8", validate=False,
                                    int8=Int8Config(keep_matmuls=("nothing_like_this",))))
+    for bad in ("down_proj", ("",), ("down_proj", " ")):   # a str reads as its letters; "" is everywhere
+        with pytest.raises(ValueError, match="non-empty weight-name parts"):
+            Int8Config(keep_matmuls=bad).validate()
