@@ -71,17 +71,20 @@ class Corpus:
         return ({stem_word(w) for w in _words(post)},
                 {stem_key(k) for k in gold_phrases(post.keyphrases)})
 
-    def cue(self, post: Post, stem: str) -> dict[str, float]:
-        """P(keyphrase | word) over the posts other than `post` (leave-one-out), with one
-        pseudo-count, for every keyphrase at or above MIN_CUE."""
+    def cues(self, post: Post, stems: list[str]) -> list[dict[str, float]]:
+        """Per stem: P(keyphrase | word) over the posts other than `post` (leave-one-out), with
+        one pseudo-count, for every keyphrase at or above MIN_CUE."""
         own_stems, own_keys = self._parts(post) if post.id in self.ids else (set(), set())
-        own = stem in own_stems
-        n = self.word[stem] - own + 1
-        out = {}
-        for key, both in self.keys.get(stem, Counter()).items():
-            both -= own and key in own_keys
-            if both >= MIN_SUPPORT and both / n >= MIN_CUE:
-                out[key] = both / n
+        out = []
+        for stem in stems:
+            own = stem in own_stems
+            n = self.word[stem] - own + 1
+            found = {}
+            for key, both in self.keys.get(stem, Counter()).items():
+                both -= own and key in own_keys
+                if both >= MIN_SUPPORT and both / n >= MIN_CUE:
+                    found[key] = both / n
+            out.append(found)
         return out
 
 
@@ -95,7 +98,7 @@ class EvidenceTeacher:
 
     def rationale(self, post: Post) -> str:
         words = _words(post)
-        cues = [self.corpus.cue(post, stem_word(w)) for w in words]   # per word: key → P(key|w)
+        cues = self.corpus.cues(post, [stem_word(w) for w in words])  # per word: key → P(key|w)
         text_stems, ocr_stems = source_stems(post.text), source_stems(post.ocr)
         lines = []
         # The words that carry hashtag signal in other posts, strongest first.
