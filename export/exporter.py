@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mmkp_edge.bundle import verify_files
 from mmkp_edge.errors import InputError
-from mmkp_edge.graph_io import GRAPH_FILES
+from mmkp_edge.graph_io import DECODER, GRAPH_FILES
 from mmkp_edge.manifest import MANIFEST_NAME, Manifest
 
 from .bundle_writer import build_manifest, hash_files, with_validation, write_tokenizer
@@ -103,7 +103,7 @@ def _derive(fp32_dir: Path, out_dir: Path, cfg: ExportConfig, say) -> dict | Non
     for name, file in GRAPH_FILES.items():
         if name in QUANTIZED_GRAPHS:
             nodes[name] = quantize_int8(fp32_dir / file, out_dir / file, cfg.int8,
-                                        decoder=name == "decoder_model_merged")
+                                        decoder=name == DECODER)
             say(f"int8: {name}: {nodes[name]} MatMulNBits")
         elif name == EMBEDDING_GRAPH and not cfg.int8.keep_embeddings:
             rows = quantize_embedding(fp32_dir / file, out_dir / file, cfg.int8.block_size)

@@ -47,8 +47,10 @@ special token ids and the graph shapes. A field added here is a field export mus
                     (optional, 0 = not used; mmkp_edge.families.qwen2_vl.Qwen2VLImageSettings),
                     resample 3 (BICUBIC), CLIP mean/std, image_token "<|image_pad|>",
                     token_string "<|vision_start|>{image_tokens}<|vision_end|>", tokens_per_image =
-                    the most tokens one image can take (each image takes grid_h·grid_w/merge², by
-                    its size), size_longest_edge / max_image_size 0 (no square frames).
+                    max_pixels / (patch·merge)², informational: each image takes
+                    grid_h·grid_w/merge² tokens by its size, which can exceed it a little for very
+                    elongated images (smart_resize keeps each side ≥ one patch·merge step);
+                    size_longest_edge / max_image_size 0 (no square frames).
     model           {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576,
                      "vocab_size": 49280, "max_context": 8192, "decoder": "fused"}
                     `decoder` is optional (default "traced"): informational, the I/O is the same.
