@@ -1,10 +1,12 @@
 """Qwen2-VL as a full family, end to end on a tiny random Qwen2-VL built in code
-(`train.tiny.init_tiny(..., family="qwen2_vl")`): LoRA and an sft stage in training, export with
+(`train.tiny.init_tiny(..., family="qwen2_vl")`): LoRA, an sft stage and Dynamic CoT chained from it
+in training, mmkp-bench on the bundle, export with
 its own checks (ORT vs torch logits, runtime vs torch greedy) and int8, then the torch-free runtime
 (KeyphrasePredictor, mmkp-predict) on left-padded batches mixing text-only posts and images of
 different sizes — so each row has its own number of image tokens and its own M-RoPE rope delta."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from mmkp_edge import prompt
 from mmkp_edge.generate import Generator
 from mmkp_edge.graph_io import IMAGE_GRID_THW, POSITION_IDS
 from mmkp_edge.manifest import Manifest
-from mmkp_edge.posts import Post
+from mmkp_edge.posts import Post, read_jsonl
 from mmkp_edge.predictor import KeyphrasePredictor
 
 torch = pytest.importorskip("torch")
@@ -31,8 +33,10 @@ TEXTS = ("storm over the city tonight", "happy birthday to my best friend", "cut
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.set_num_threads(1)
-    return init_tiny(tmp_path_factory.mktemp("qwen2vl") / "tiny", family="qwen2_vl")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # this module's torch runs; restored for the rest
+    yield init_tiny(tmp_path_factory.mktemp("qwen2vl") / "tiny", family="qwen2_vl")
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,56 @@ def test_int8_bundle_quantizes_both_graphs_loads_and_predicts(tiny, posts, tmp_p
     preds = KeyphrasePredictor.from_bundle(report.bundle).predict(posts, think="off",
                                                                   max_new_tokens=8)
     assert all(p.error is None and p.text.startswith(prompt.ANSWER_OPEN) for p in preds)
+
+
+@pytest.mark.slow
+def test_dynamic_cot_chains_on_qwen2_vl_and_mmkp_bench_runs_its_bundle(tiny, tmp_path):
+    """sft → dynamic_cot (the gate picks reasoning targets by the direct loss, as on Idefics3) →
+    export → `mmkp-bench run` on the bundle, think=auto: every stage and the bench take Qwen2-VL."""
+    import subprocess
+    import sys
+
+    from stage_inputs import quick
+    from train import config_loader
+    from train.demo_data import make_demo_data
+    from train.stages.config import StageConfig
+    from train.stages.pipeline import default_recipe
+    from train.stages.run import run_stage
+
+    demo = make_demo_data(tmp_path / "demo", n_posts=30, seed=0, image_size=20)
+    rationales = tmp_path / "rationales.jsonl"
+    with open(rationales, "w", encoding="utf-8") as fh:
+        for post in read_jsonl(demo.train)[::2]:
+            fh.write(json.dumps({"id": post.id, "kept": True,
+                                 "rationale": f"The post is about {post.keyphrases[0]}."}) + "\n")
+    inputs = {"model": str(tiny), "train": str(demo.train), "test": str(demo.test),
+              "root": str(tmp_path)}
+
+    def stage(name: str, **extra: str):
+        cfg = config_loader.load(StageConfig, default_recipe(name),
+                                 quick(inputs, name="qwen", **{"eval.max_new_tokens": "6", **extra}),
+                                 stage=name)
+        return run_stage(cfg, log=None)
+
+    sft = stage("sft")
+    dyn = stage("dynamic_cot", init_from=str(sft), rationales=str(rationales),
+                **{"dynamic.quantile": "0.4", "train.steps": "5"})
+    kept = {json.loads(line)["id"] for line in open(rationales)}
+    records = [json.loads(line) for line in open(dyn / "train_log.jsonl")]
+    chosen = []
+    for r in records:
+        assert r["reasoning"] == [loss > r["gamma"] and pid in kept
+                                  for pid, loss in zip(r["ids"], r["direct_losses"])]
+        chosen += r["reasoning"]
+    assert any(chosen) and not all(chosen)
+    report = export_bundle(ExportConfig(source=str(dyn), out=str(tmp_path / "bundle"),
+                                        checks=ValidateConfig(new_tokens=8)))
+    assert report.ok, json.dumps(report.validation)[:2000]
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", str(report.bundle), "--posts",
+                           str(demo.test), "--posts-count", "4", "--batch-sizes", "1,2",
+                           "--think", "auto", "--max-new-tokens", "6", "--repeats", "1",
+                           "--threads", "1", "--bandwidth-mb", "16"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["measurements"]
+    assert [r["batch_size"] for r in rows] == [1, 2] and all(r["tokens"] > 0 for r in rows)
