@@ -12,7 +12,10 @@
 set -euo pipefail
 STUDENT=${1:?student checkpoint}; CMKP=${2:?CMKP folder}; OUT=${3:?output folder}
 TRAIN_POSTS=${TRAIN_POSTS:-2000}; TEST_POSTS=${TEST_POSTS:-300}; AGREE_POSTS=${AGREE_POSTS:-300}
-EPOCHS=${EPOCHS:-1}; COT_EPOCHS=${COT_EPOCHS:-1}; DYN_POSTS=${DYN_POSTS:-$TRAIN_POSTS}; PRECISION=${PRECISION:-bf16}; BIN=${BIN:-.venv/bin}
+EPOCHS=${EPOCHS:-1}; COT_EPOCHS=${COT_EPOCHS:-1}; DYN_POSTS=${DYN_POSTS:-$TRAIN_POSTS}; BIN=${BIN:-.venv/bin}
+# bf16 autocast where this CPU computes bf16 natively (AMX / AVX512-BF16 / arm64 BF16), else fp32:
+# train.precision=bf16 is refused on a CPU without it (an AVX2-only AMD EPYC, say)
+PRECISION=${PRECISION:-$("$BIN/python" -c "from train.precision import cpu_has_bf16; print('bf16' if cpu_has_bf16() else 'fp32')")}
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT/data"
 for split in valid test; do
