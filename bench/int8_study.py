@@ -34,6 +34,11 @@ VARIANTS = {   # name → Int8Config fields
     "b32+fp32 o_proj": dict(block_size=32, keep_matmuls=("o_proj",)),
     "b32+fp32 gate_up": dict(block_size=32, keep_matmuls=("gate_up_proj",)),
     "b32+fp32 down": dict(block_size=32, keep_matmuls=("down_proj",)),
+    # the two that helped most on their own (finer weight scales; down_proj's outlier inputs kept
+    # out of int8 activations), then float activations everywhere: what each costs in speed
+    "b16 asym+fp32 down": dict(block_size=16, symmetric=False, keep_matmuls=("down_proj",)),
+    "b16 asym acc1": dict(block_size=16, symmetric=False, accuracy_level=1),
+    "b32 acc1+fp32 down": dict(block_size=32, accuracy_level=1, keep_matmuls=("down_proj",)),
 }
 
 
