@@ -273,20 +273,24 @@ def build_qwen2_vl_model(cfg: TinyConfig, tokenizer):
 
 # the tiny Qwen2-VL: 4-px patches merged 2×2 (8-px steps), 4..49 image tokens by image size
 QWEN2_VL_TINY = TinyConfig(patch_size=4, image_size=56, vision_layers=1)
-FAMILIES = ("idefics3", "qwen2_vl")
+# family → (processor builder, model builder, default shape); for Qwen2-VL, TinyConfig's
+# image_size² is max_pixels and scale_factor the merge size
+BUILDERS = {"idefics3": (build_processor, build_model, TinyConfig()),
+            "qwen2_vl": (build_qwen2_vl_processor, build_qwen2_vl_model, QWEN2_VL_TINY)}
+FAMILIES = tuple(BUILDERS)
 
 
 def init_tiny(out: str | os.PathLike, cfg: TinyConfig | None = None,
               family: str = "idefics3") -> Path:
     """Build the tiny student of `family` and save model + processor under `out`; returns the
     path. `cfg` defaults to the family's tiny shape."""
-    if family not in FAMILIES:
+    if family not in BUILDERS:
         raise InputError(f"tiny: family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    qwen = family == "qwen2_vl"
-    cfg = (cfg or (QWEN2_VL_TINY if qwen else TinyConfig())).validate()
+    build_proc, build_net, default = BUILDERS[family]
+    cfg = (cfg or default).validate()
     out = Path(out)
-    processor = build_qwen2_vl_processor(cfg) if qwen else build_processor(cfg)
-    model = (build_qwen2_vl_model if qwen else build_model)(cfg, processor.tokenizer)
+    processor = build_proc(cfg)
+    model = build_net(cfg, processor.tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -312,5 +316,5 @@ def init_tiny_command(out: str, seed: int, shape: str, family: str) -> None:
     """
     if family == "qwen2_vl" and shape != "tiny":
         raise click.UsageError("--shape applies to idefics3 only")
-    base = QWEN2_VL_TINY if family == "qwen2_vl" else SHAPES[shape]
+    base = BUILDERS[family][2] if family != "idefics3" else SHAPES[shape]
     click.echo(str(init_tiny(out, dataclasses.replace(base, seed=seed), family)))
