@@ -36,6 +36,8 @@ from pathlib import Path
 
 import click
 
+from mmkp_edge.graph_io import DECODER, EMBED, VISION
+
 QWEN2_VL_2B = dict(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
                    num_kv_heads=2, model_vocab_size=151_936, max_positions=32_768,
                    rope_theta=1e6, mrope_section=(16, 24, 24), tie_embeddings=True,
@@ -114,7 +116,7 @@ def run(out: Path, layers: int, vision_depth: int, int8: bool, validate: bool, n
             "export_s": round(time.perf_counter() - t0, 1), "validation": report.status,
             "mb": round(sum(files.values()) / 1e6, 1),
             "graph_mb": {g: round(sum(b for n, b in files.items() if n.startswith(g)) / 1e6, 1)
-                         for g in ("vision_encoder", "embed_tokens", "decoder_model_merged")},
+                         for g in (VISION, EMBED, DECODER)},
             **time_bundle(out / precision, image, text, new_tokens, repeats, threads)}
         say(f"  {precision}: {results[precision]}")
     return {"bench": "qwen2_vl_shape", "shape": "Qwen2-VL-2B-Instruct widths",
@@ -126,8 +128,7 @@ def table(report: dict) -> str:
     rows = [("precision", "MB", "decoder MB", "vision MB", "decode ms/step", "TTFT ms", "vision ms")]
     for name, r in report["results"].items():
         g = r["graph_mb"]
-        rows.append((name, f"{r['mb']:.0f}", f"{g['decoder_model_merged']:.0f}",
-                     f"{g['vision_encoder']:.0f}", f"{r['decode_ms_per_step']:.1f}",
+        rows.append((name, f"{r['mb']:.0f}", f"{g[DECODER]:.0f}", f"{g[VISION]:.0f}", f"{r['decode_ms_per_step']:.1f}",
                      f"{r['ttft_ms']:.0f}", f"{r['vision_ms']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
