@@ -118,15 +118,19 @@ def load_tiny_qwen2_vl(folder: Path):
 
 
 def settings_of(ip):
-    """The manifest's image section (mmkp_edge.families.qwen2_vl), read off a HF Qwen2-VL image
-    processor the way export will."""
-    from mmkp_edge.families.qwen2_vl import Qwen2VLImageSettings
+    """The runtime's image settings for the HF image processor `ip`, through the chain a bundle
+    takes: the training family's `image_settings` → export's manifest `ImageInfo` → the runtime's
+    `settings_from_manifest` (so the numeric checks cover all three, not a copy of them)."""
+    from types import SimpleNamespace
 
-    return Qwen2VLImageSettings.from_dict(dict(
-        patch_size=ip.patch_size, merge_size=ip.merge_size, temporal_patch_size=ip.temporal_patch_size,
-        min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"],
-        resample=int(ip.resample), rescale_factor=ip.rescale_factor, image_mean=list(ip.image_mean),
-        image_std=list(ip.image_std)))
+    from export.families.qwen2_vl import Qwen2VLExport
+    from mmkp_edge.families.qwen2_vl import settings_from_manifest
+    from train.families.qwen2_vl import Qwen2VLFamily
+
+    processor = image_only_processor_class()(image_processor=ip, tokenizer=build_tokenizer(),
+                                             chat_template=CHAT_TEMPLATE)
+    source = SimpleNamespace(family=Qwen2VLFamily(), processor=processor)
+    return settings_from_manifest(Qwen2VLExport().image_info(source))
 
 
 def random_image(rng, h: int, w: int):
