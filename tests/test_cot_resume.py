@@ -29,7 +29,7 @@ def test_kill_9_then_rerun_gives_every_post_exactly_once(tmp_path):
         for i in range(N_POSTS):
             row = {"id": f"p{i}", "text": f"p{i} words", "keyphrases": ["kp"]}
             fh.write(json.dumps(row) + "\n")
-    with FakeServer(delay=0.05) as server:
+    with FakeServer(delay=0.5) as server:     # ≥ 10 s a run: a loaded machine still sees it mid-run
         server.scripts = {f"p{i}": [ok(answer(f"because {i}", ["kp"]))] for i in range(N_POSTS)}
         args = ["--posts", str(posts), "-o", str(out), "--base-url", server.url,
                 "--model", server.model, "--api-key-env", "", "--concurrency", "2"]
@@ -45,6 +45,7 @@ def test_kill_9_then_rerun_gives_every_post_exactly_once(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
+        server.delay = 0.0                     # the rerun at full speed
         written = len(read_records(out))
         assert 6 <= written < N_POSTS            # really interrupted mid-run
         with open(out, "ab") as fh:              # and, worse, a record torn half-way
@@ -62,7 +63,7 @@ def test_a_second_writer_is_refused_while_the_first_finishes_intact(tmp_path):
     with open(posts, "w") as fh:
         for i in range(N_POSTS):
             fh.write(json.dumps({"id": f"p{i}", "text": f"p{i} words", "keyphrases": ["kp"]}) + "\n")
-    with FakeServer(delay=0.05) as server:
+    with FakeServer(delay=0.5) as server:     # ≥ 20 s a run: the second starts well inside it
         server.scripts = {f"p{i}": [ok(answer(f"because {i}", ["kp"]))] for i in range(N_POSTS)}
         args = ["--posts", str(posts), "-o", str(out), "--base-url", server.url,
                 "--model", server.model, "--api-key-env", "", "--concurrency", "1"]
@@ -79,6 +80,7 @@ def test_a_second_writer_is_refused_while_the_first_finishes_intact(tmp_path):
         second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                                 timeout=60)
         assert first.poll() is None            # the refusal happened while the first held the lock
+        server.delay = 0.0                     # then let the first finish quickly
         assert second.returncode == 2 and second.stdout == ""
         err = second.stderr.strip()
         assert "\n" not in err and "Traceback" not in err, err
