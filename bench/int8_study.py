@@ -3,7 +3,10 @@
 Each variant is derived from one validated fp32 bundle by `mmkp-export`'s own path (no re-tracing),
 then scored on the same real posts by the export gate's own comparison (`export.validate.agreement_of`:
 greedy keyphrases, stemmed, vs the fp32 bundle's, computed once) and timed at batch 1 through the runtime's
-`Generator` (decode ms per step; prefill excluded). Prints a table, ends with one JSON line.
+`Generator` (decode ms per step; prefill excluded). Agreement is also reported on the posts where
+fp32's every greedy step won by at least 0.5 and 1 logit (`MARGINS`): flips that sit only on near-ties
+trade one about equally likely answer for another, flips on clear decisions are damage. Prints a
+table, ends with one JSON line.
 
     python -m bench.int8_study runs/real/bundle-fp32 --posts runs/real/data/test.jsonl --posts-count 300
 """
@@ -40,6 +43,34 @@ VARIANTS = {   # name → Int8Config fields
     "b16 asym acc1": dict(block_size=16, symmetric=False, accuracy_level=1),
     "b32 acc1+fp32 down": dict(block_size=32, accuracy_level=1, keep_matmuls=("down_proj",)),
 }
+
+
+MARGINS = (0.5, 1.0)   # fp32 decision margins (logits) the agreement is also reported above
+
+
+def _margins(bundle: Path, posts, tokens: int) -> list[float]:
+    """Per post, how near a tie fp32's closest greedy decision was: the smallest top-1 − top-2
+    logit gap over its steps (suppressed tokens excluded; batch 1, which gives the same tokens as
+    the batched reference: bench/RESULTS.md "batched vs one by one")."""
+    import numpy as np
+
+    from mmkp_edge.predictor import KeyphrasePredictor
+
+    predictor = KeyphrasePredictor.from_bundle(bundle)
+    out = []
+    for post in posts:
+        gen = predictor.generator([predictor.request(post, "off")], "off", tokens)
+        gaps = []
+        while not gen.done:
+            gen.step()
+            if 0 not in gen.logits:
+                break
+            logits = gen.logits[0].copy()                                   # (V,)
+            logits[gen.suppress_ids] = -np.inf
+            second, first = np.partition(logits, -2)[-2:]
+            gaps.append(float(first - second))
+        out.append(min(gaps, default=float("inf")))
+    return out
 
 
 def _decode_ms(bundle: Path, posts, tokens: int) -> float:
@@ -79,6 +110,9 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
     click.echo(f"fp32: greedy on {len(probe)} posts…", err=True)
     ref_preds, manifest = runtime_tokens(ref, probe, checks, batch_size=16)
     gold = [p.keyphrases for p in probe]
+    click.echo("fp32: decision margins…", err=True)
+    margins = _margins(ref, probe, new_tokens)
+    clear = {m: [i for i, g in enumerate(margins) if g >= m] for m in MARGINS}
 
     def f1_at_1(preds) -> float:   # does a disagreement cost accuracy, or only flip near-ties?
         return round(100 * score(gold, [p.keyphrases for p in preds])["all"]["f1@1"], 2)
@@ -96,10 +130,15 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
                        f"{len(probe)} posts…", err=True)
             got, _ = runtime_tokens(out, probe, checks, batch_size=16)
             agree = agreement_of(ref_preds, got, rules(manifest, checks), checks.min_agreement)
+            # are the flips near-ties? agreement on the posts where fp32 decided by ≥ m logits
+            by_margin = {f">={m:g}": {"posts": len(idx), "keyphrase_agreement": round(agreement_of(
+                [ref_preds[i] for i in idx], [got[i] for i in idx], rules(manifest, checks),
+                checks.min_agreement)["keyphrase_agreement"], 4) if idx else None}
+                for m, idx in clear.items()}
             rows.append({"variant": name, "bytes": sum(f.stat().st_size for f in out.iterdir()),
                          "keyphrase_agreement": round(agree["keyphrase_agreement"], 4),
                          "token_sequence_agreement": round(agree["token_sequence_agreement"], 4),
-                         "f1@1": f1_at_1(got),
+                         "agreement_by_fp32_margin": by_margin, "f1@1": f1_at_1(got),
                          "decode_ms_per_step": round(_decode_ms(out, probe[:time_posts], new_tokens), 2)})
             click.echo(json.dumps(rows[-1]), err=True)
     fp32_bytes = rows[0]["bytes"]
@@ -109,8 +148,13 @@ def main(fp32_bundle: str, posts: str, posts_count: int, variants: str, time_pos
         click.echo(f"{r['variant']:<16}{r['f1@1']:>7.2f}{r.get('keyphrase_agreement', 1.0):>9.3f}"
                    f"{r.get('token_sequence_agreement', 1.0):>10.3f}{r['bytes'] / 1e6:>8.1f}"
                    f"{r['bytes'] / fp32_bytes:>8.3f}{r['decode_ms_per_step']:>9.2f}")
+    for m, idx in clear.items():
+        click.echo(f"fp32 decided every step by >= {m:g} logits on {len(idx)} of {len(probe)} posts; "
+                   "agreement there: " + ", ".join(
+                       f"{r['variant']} {r['agreement_by_fp32_margin'][f'>={m:g}']['keyphrase_agreement']}"
+                       for r in rows[1:]))
     click.echo(json.dumps({"study": "int8", "posts": len(probe), "new_tokens": new_tokens,
-                           "rows": rows}))
+                           "fp32_margins": [round(g, 3) for g in margins], "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -253,6 +253,13 @@ def test_int8_keeps_the_named_projections_float(bundles, tmp_path):
         export_bundle(ExportConfig(source=str(bundles["fused"]), out=str(tmp_path / "none"),
                                    precision="int8", validate=False,
                                    int8=Int8Config(keep_matmuls=("nothing_like_this",))))
+    from export.cli import main                  # the CLI's flags reach the quantizer and manifest
+    cli = tmp_path / "cli"
+    assert main([str(bundles["fused"]), "-o", str(cli), "--int8", "--no-validate", "--block-size",
+                 "16", "--asymmetric", "--fp32-matmuls", "down_proj"]) == 0
+    q = Manifest.load(cli).quantization
+    assert (q["block_size"], q["symmetric"], q["float32_matmuls"]) == (16, False, ["down_proj"])
+    assert ops(cli)["MatMul"] == ops(kept)["MatMul"]
     for bad in ("down_proj", ("",), ("down_proj", " ")):   # a str reads as its letters; "" is everywhere
         with pytest.raises(ValueError, match="non-empty weight-name parts"):
             Int8Config(keep_matmuls=bad).validate()
