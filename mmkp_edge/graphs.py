@@ -164,10 +164,13 @@ class Graphs:
         if not self.vision_takes_grid:
             return session.run(None, {PIXEL_VALUES: pixel_values})[0]        # (N, tok, D)
         grids = np.asarray(grids, dtype=np.int64).reshape(-1, 3)            # (I, 3)
-        patches = np.cumsum(grids.prod(axis=1))[:-1]                        # image boundaries
+        ends = np.cumsum(grids.prod(axis=1))                                 # each image's last patch + 1
+        if not len(grids) or ends[-1] != pixel_values.shape[0]:             # split would drop the rest
+            raise ValueError(f"{pixel_values.shape[0]} patches but the grids cover "
+                             f"{int(ends[-1]) if len(grids) else 0}")
         return np.concatenate([                                              # (Σ tokens, D)
             session.run(None, {PIXEL_VALUES: part, IMAGE_GRID_THW: grid[None]})[0]
-            for part, grid in zip(np.split(pixel_values, patches), grids)])
+            for part, grid in zip(np.split(pixel_values, ends[:-1]), grids)])
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """(B, T) int64 → (B, T, hidden)."""

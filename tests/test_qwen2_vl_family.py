@@ -92,6 +92,28 @@ def test_runtime_greedy_equals_torch_on_a_mixed_left_padded_batch(fp32, tiny, po
         assert result["with_image"] == len(IMAGE_SIZES) and result["posts"] == len(posts)
 
 
+def test_vision_per_image_equals_one_call_over_all_images_and_refuses_a_grid_mismatch(fp32, posts):
+    """Graphs.vision calls the graph once per image; the graph's own block-diagonal mask over all
+    images at once is the reference (same features up to summation order in fp32 attention)."""
+    from tolerance import fp32_atol
+
+    predictor = KeyphrasePredictor.from_bundle(fp32.bundle)
+    graphs = predictor.bundle.graphs
+    prepared = [predictor.bundle.family.preprocess(Image.open(p.image).convert("RGB"))
+                for p in posts if p.image]
+    pixels = np.concatenate([x.pixel_values for x in prepared])            # (ΣP, C·t·p·p)
+    grids = [x.grid for x in prepared]
+    once = graphs.sessions["vision_encoder"].run(None, {
+        "pixel_values": pixels, IMAGE_GRID_THW: np.asarray(grids, dtype=np.int64)})[0]
+    split = graphs.vision(pixels, grids)                                    # (Σ tokens, D)
+    assert split.shape == once.shape
+    # the longest sum is attention's over one call's patches (≥ every tiny width: 32, 64, 128);
+    # chained through patch embed, 1 block (attention, MLP) and the merger: depth 4
+    assert np.abs(split - once).max() <= fp32_atol(once, pixels.shape[0], depth=4)
+    with pytest.raises(ValueError, match="patches but the grids cover"):
+        graphs.vision(pixels[:-4], grids)
+
+
 def test_batched_equals_one_by_one_joins_and_full_recompute(fp32, posts):
     predictor = KeyphrasePredictor.from_bundle(fp32.bundle)
     single = [p.token_ids for p in predictor.predict(posts, batch_size=1, max_new_tokens=16)]
