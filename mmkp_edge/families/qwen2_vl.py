@@ -264,16 +264,14 @@ def mrope_position_ids(input_ids: np.ndarray, attention_mask: np.ndarray | None,
     return positions, deltas
 
 
-def decode_position_ids(past_valid_lengths: np.ndarray, rope_deltas: np.ndarray,
-                        num_new: int = 1) -> np.ndarray:
-    """(3, B, num_new) int64 positions of the next tokens: past valid length + rope_delta (+ k for
-    the k-th new token), the same on all three axes. `past_valid_lengths` counts each row's attended
+def decode_position_ids(past_valid_lengths: np.ndarray, rope_deltas: np.ndarray) -> np.ndarray:
+    """(3, B, 1) int64 positions of the next token: past valid length + rope_delta, the same on
+    all three axes. `past_valid_lengths` counts each row's attended
     tokens so far (prompt without pads + tokens generated), i.e. attention_mask.sum(-1) before the
     new columns. Equals generate()'s "previous position + 1" whenever the prompt ends in text (our
     chat templates always end with the assistant header)."""
     base = np.asarray(past_valid_lengths, dtype=np.int64) + np.asarray(rope_deltas, dtype=np.int64)
-    pos = base[:, None] + np.arange(num_new, dtype=np.int64)[None, :]       # (B, num_new)
-    return np.broadcast_to(pos, (3, *pos.shape)).copy()                     # (3, B, num_new)
+    return np.broadcast_to(base[:, None], (3, base.shape[0], 1)).copy()     # (3, B, 1)
 
 
 # ---------------------------------------------------------------------------- the runtime family

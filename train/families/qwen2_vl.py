@@ -153,9 +153,9 @@ class Qwen2VLFamily:
                 expanded = built
                 if has_image:
                     n = image_token_count(out["image_grid_thw"][0], merge)
-                    image = image_token_string(token_string(pieces.image_string, IMAGE_PAD),
-                                               IMAGE_PAD, n)
-                    expanded = pieces.with_image.replace("{image}", image).replace(
+                    pads = image_token_string(token_string(pieces.image_string, IMAGE_PAD),
+                                              IMAGE_PAD, n)
+                    expanded = pieces.with_image.replace("{image}", pads).replace(
                         "{prompt}", prompt.user_text(CHECK_TEXT))
                 ids = backend.encode(expanded, add_special_tokens=pieces.add_special_tokens).ids
                 if ids != out["input_ids"][0].tolist():
